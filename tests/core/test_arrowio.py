@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from kfloop.core.arrowio import read_table, table_info, write_parquet, write_table
+from kfloop.core.errors import DataError
+from kfloop.core.objectstore import ObjectStore, sha256_file
+
+
+def sample(n: int = 1000) -> pa.Table:
+    rng = np.random.default_rng(7)
+    return pa.table(
+        {
+            "id": pa.array(np.arange(n, dtype=np.int64)),
+            "x": pa.array(rng.normal(size=n)),
+            "cat": pa.array([["a", "b", None][i % 3] for i in range(n)]),
+            "flag": pa.array([i % 2 == 0 for i in range(n)]),
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "t.arrow"])
+def test_local_round_trip_with_metadata(tmp_path: Path, name: str) -> None:
+    table = sample()
+    info = write_table(table, tmp_path / name)
+    assert (info.rows, info.columns) == (1000, 4)
+    assert info.sha256 == sha256_file(tmp_path / name)
+    assert read_table(tmp_path / name).equals(table)
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary files left
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "t.arrow"])
+def test_s3_round_trip(store: ObjectStore, bucket: str, name: str) -> None:
+    table = sample()
+    uri = f"s3://{bucket}/tables/{name}"
+    info = write_table(table, uri, store)
+    assert info.uri == uri
+    assert info.as_metadata()["rows"] == 1000
+    assert store.stat(uri).sha256 == info.sha256
+    assert read_table(uri, store).equals(table)
+    assert read_table(uri, store, columns=["id"]).column_names == ["id"]
+
+
+def test_table_info_reads_only_metadata(tmp_path: Path) -> None:
+    write_parquet(sample(10), tmp_path / "a.parquet")
+    info = table_info(tmp_path / "a.parquet")
+    assert (info.rows, info.columns) == (10, 4)
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unknown table format"):
+        write_table(sample(), tmp_path / "t.csv")
+    with pytest.raises(DataError, match="must end in .parquet"):
+        write_parquet(sample(), tmp_path / "t.arrow")
+    with pytest.raises(DataError, match="no such file"):
+        read_table(tmp_path / "missing.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="bad.parquet: cannot read"):
+        read_table(bad)
+
+
+def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "keep.parquet"
+    write_parquet(sample(5), target)
+    before = target.read_bytes()
+
+    with pytest.raises(Exception):  # noqa: B017 - any failure of the writer
+        write_parquet("not a table", target)  # type: ignore[arg-type]
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.parquet"]
