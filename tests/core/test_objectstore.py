@@ -214,7 +214,7 @@ def test_endpoint_down_mid_upload_leaves_no_object(
     doomed_stack.up()
     fresh = ObjectStore(settings)
     assert fresh.exists(target) is False
-    assert list(fresh.list(f"s3://{settings.data_bucket}/mid/")) == []
+    assert list(fresh.list_objects(f"s3://{settings.data_bucket}/mid/")) == []
 
 
 def test_endpoint_down_mid_download_leaves_no_file(
