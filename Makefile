@@ -71,7 +71,7 @@ bench: setup ## benchmarks under tests/benchmarks (ratios against baselines in t
 
 compile: setup ## compile the pipelines to pipelines/compiled/*.yaml
 	@if ls pipelines/*.py >/dev/null 2>&1; then \
-		$(PIPE)/python -m kfloop.compile; \
+		$(PIPE)/python -m kfloop.pipelines.compile; \
 	else \
 		echo "compile: no pipelines yet (pipelines/ arrives with the model engineering issue)"; \
 	fi

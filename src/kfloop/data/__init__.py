@@ -1,0 +1,1 @@
+"""Data operations: ingest, synth, validate, clean, label, split."""

@@ -1,0 +1,1 @@
+"""Model engineering: features, training, evaluation, acceptance and ONNX packaging."""

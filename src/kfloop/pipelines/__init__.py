@@ -1,0 +1,1 @@
+"""Pipeline tooling (pipeline environment): component discovery, docs, compilation."""
