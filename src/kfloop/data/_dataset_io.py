@@ -8,13 +8,14 @@ A *dataset source* is any of:
   ``Dataset`` artifacts kfloop writes), otherwise every ``*.parquet`` file under it, in key
   order, concatenated (missing columns become nulls).
 
-A *dataset destination* is a ``.parquet`` path or ``s3://`` URI (written there), or a folder
-(written as ``<folder>/data.parquet``, the shape of kfloop's ``Dataset`` artifacts). Writes are
-atomic (:func:`kfloop.core.arrowio.write_parquet`).
+A *dataset destination* is a ``.parquet`` path or ``s3://`` URI, or a local file path without
+suffix (a KFP ``Dataset`` artifact's ``.path``, as ``ingest_data`` writes it): one Parquet file
+(zstd), written atomically (:func:`kfloop.core.arrowio.write_parquet`, then a rename).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from kfloop.core.arrowio import IPC_SUFFIXES, PARQUET_SUFFIXES, TableInfo, read_table, write_parquet
-from kfloop.core.errors import DataError
+from kfloop.core.errors import ConfigError, DataError
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
 
 DATA_FILE = "data.parquet"
@@ -188,19 +189,46 @@ def read_dataset(
     return read_source(source, what=what, store=store, string_columns=string_columns).concat()
 
 
-def dataset_destination(dest: str | os.PathLike[str]) -> str:
-    """The Parquet file a destination names: itself when it ends in ``.parquet``, else
-    ``data.parquet`` inside it (a folder or an ``s3://`` prefix)."""
+def check_destination(dest: str | os.PathLike[str], field: str = "output_path") -> str:
+    """Check a destination before any work; see :func:`write_dataset`. Returns it as text."""
     text = os.fspath(dest)
-    if text.lower().endswith(PARQUET_SUFFIXES):
-        return text
+    if not text:
+        raise ConfigError(field, "is empty; give a .parquet path or s3:// URI")
     if is_s3_uri(text):
-        return str(S3Uri.parse(text).join(DATA_FILE))
-    return str(Path(text) / DATA_FILE)
+        S3Uri.parse(text, field=field)
+        if not text.lower().endswith(PARQUET_SUFFIXES):
+            raise ConfigError(field, f"{text!r}: an s3:// output must end in .parquet")
+    elif Path(text).is_dir():
+        raise ConfigError(field, f"{text!r} is a folder; give a file path")
+    return text
 
 
 def write_dataset(
-    table: pa.Table, dest: str | os.PathLike[str], store: ObjectStore | None = None
+    table: pa.Table,
+    dest: str | os.PathLike[str],
+    store: ObjectStore | None = None,
+    field: str = "output_path",
 ) -> TableInfo:
-    """Write ``table`` as Parquet (zstd) to a destination (see the module docstring)."""
-    return write_parquet(table, dataset_destination(dest), store)
+    """Write ``table`` as Parquet (zstd) to a destination, atomically.
+
+    ``dest`` is a ``.parquet`` path or ``s3://`` URI, or a local file path without that suffix
+    (a KFP ``Dataset`` artifact's ``.path``), which is written as Parquet all the same.
+
+    Raises:
+        ConfigError: ``dest`` is a folder or an ``s3://`` URI without ``.parquet`` (``field``).
+    """
+    text = check_destination(dest, field)
+    if text.lower().endswith(PARQUET_SUFFIXES):
+        return write_parquet(table, text, store)
+    path = Path(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".parquet", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        info = write_parquet(table, tmp, store)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dataclasses.replace(info, uri=str(path))
