@@ -9,6 +9,7 @@ import pytest
 from kfp import local
 
 from kfloop.core.settings import Settings
+from kfloop.pipelines.local_compat import allow_omitted_optional_inputs
 
 
 @pytest.fixture
@@ -22,6 +23,7 @@ def kfp_local(
     """
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
+    allow_omitted_optional_inputs()  # kubeflow/pipelines#13061, see kfloop.pipelines.local_compat
     root = tmp_path / "pipeline-root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     yield root

@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from kfloop.core.arrowio import IPC_SUFFIXES, PARQUET_SUFFIXES, TableInfo, read_table, write_parquet
-from kfloop.core.errors import ConfigError, DataError
+from kfloop.core.errors import ConfigError, DataError, ObjectNotFound
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
 
 DATA_FILE = "data.parquet"
@@ -151,16 +151,25 @@ def _read_s3(
     target = S3Uri.parse(uri, field=what)
     store = store or ObjectStore.from_env()
     with tempfile.TemporaryDirectory(prefix="kfloop-data-") as tmp:
-        if _suffix_kind(target.key) is not None:
+        single = _suffix_kind(target.key) is not None
+        if not single and target.key and not target.key.endswith("/"):
+            single = store.exists(target)  # an artifact file without suffix
+        if single:
             local = Path(tmp) / Path(target.key).name
-            store.get_file(target, local)
+            try:
+                store.get_file(target, local)
+            except ObjectNotFound:
+                raise DataError(f"{what}: {uri}: no such object") from None
             return SourceTables(uri, (uri,), (_read_local_file(local, uri, string_columns),))
         prefix = S3Uri(target.bucket, target.key.rstrip("/") + "/" if target.key else "")
-        keys = sorted(
-            obj.uri.key
-            for obj in store.list_objects(prefix)
-            if obj.uri.key.lower().endswith(PARQUET_SUFFIXES)
-        )
+        try:
+            keys = sorted(
+                obj.uri.key
+                for obj in store.list_objects(prefix)
+                if obj.uri.key.lower().endswith(PARQUET_SUFFIXES)
+            )
+        except ObjectNotFound:
+            raise DataError(f"{what}: no Parquet files under {prefix}: no such bucket") from None
         direct = prefix.key + DATA_FILE
         if direct in keys:
             keys = [direct]

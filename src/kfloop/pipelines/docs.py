@@ -68,7 +68,9 @@ def component_markdown(name: str, component: Any) -> str:
     lines += ["| input | type | default | description |", "|---|---|---|---|"]
     for key, value in (spec.inputs or {}).items():
         default = "required" if not value.optional else repr(value.default)
-        lines.append(f"| `{key}` | {_type(value.type)} | {_cell(default)} | {_cell(args.get(key, ''))} |")
+        lines.append(
+            f"| `{key}` | {_type(value.type)} | {_cell(default)} | {_cell(args.get(key, ''))} |"
+        )
     lines += ["", "| output | type | description |", "|---|---|---|"]
     for key, value in (spec.outputs or {}).items():
         desc = returns if key == "Output" else args.get(key, "")

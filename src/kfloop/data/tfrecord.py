@@ -1,0 +1,389 @@
+"""Arrow tables as ``tf.Example`` TFRecord shards (GZIP), and back.
+
+Encoding is vectorised: each Arrow column is turned, one record batch at a time, into the
+list column tfx-bsl's ``RecordBatchToExamplesEncoder`` expects (C++), never row by row in
+Python. Conversion of flat Arrow columns:
+
+====================================  ==================  =====================================
+Arrow type                            ``tf.Example`` list  value
+====================================  ==================  =====================================
+float16/32/64                         ``float_list``      cast to float32 (rounded, NaN kept)
+int8..int64, uint8..uint64, bool      ``int64_list``      int64 (uint64 > 2**63-1 is an error)
+timestamp[any unit, any tz]           ``int64_list``      microseconds since the Unix epoch, UTC
+                                                          (nanoseconds truncated)
+date32, date64                        ``int64_list``      days since the Unix epoch
+string, large_string, binary, ...     ``bytes_list``      UTF-8 bytes / the bytes
+dictionary<...>                       as its values
+list<T>, large_list<T>                as T                one feature holding the whole list
+====================================  ==================  =====================================
+
+A null becomes a *missing* feature (tfx-bsl writes the key with no value list; TF's
+``tf.io.parse_example`` uses the default value, :func:`read_tfrecord_table` returns null).
+A null inside a list cannot be represented and is an error. Other types (decimal, struct,
+nested lists, ...) are refused with a :class:`~kfloop.core.errors.DataError` naming the
+column: cast them before writing.
+
+Shards are named ``<prefix>-00000-of-00004.tfrecord.gz`` and hold contiguous, near-equal row
+ranges of the table, in table order. Each shard is written under a temporary name and renamed
+when complete; on failure the shards written so far are removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kfloop.core.errors import ConfigError, DataError
+
+FEATURE_FLOAT = "float"
+FEATURE_INT64 = "int64"
+FEATURE_BYTES = "bytes"
+FEATURE_KINDS = (FEATURE_FLOAT, FEATURE_INT64, FEATURE_BYTES)
+
+COMPRESSION = "GZIP"
+SHARD_SUFFIX = ".tfrecord.gz"
+MAX_SHARDS = 10_000
+DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_COMPRESSION_LEVEL = 1
+
+
+def shard_names(prefix: str, num_shards: int) -> list[str]:
+    """File names of ``num_shards`` shards: ``<prefix>-00000-of-00002.tfrecord.gz``, ..."""
+    _check_shards(num_shards)
+    return [f"{prefix}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}" for i in range(num_shards)]
+
+
+def _check_shards(num_shards: int) -> None:
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int):
+        raise ConfigError("num_shards", f"must be an integer, got {num_shards!r}")
+    if not 1 <= num_shards <= MAX_SHARDS:
+        raise ConfigError("num_shards", f"must be between 1 and {MAX_SHARDS}, got {num_shards}")
+
+
+def _value_kind(dtype: pa.DataType) -> str | None:
+    """The ``tf.Example`` kind of a scalar Arrow type, or None when it has none."""
+    if pa.types.is_floating(dtype):
+        return FEATURE_FLOAT
+    if (
+        pa.types.is_integer(dtype)
+        or pa.types.is_boolean(dtype)
+        or pa.types.is_timestamp(dtype)
+        or pa.types.is_date(dtype)
+    ):
+        return FEATURE_INT64
+    if (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_binary(dtype)
+        or pa.types.is_large_binary(dtype)
+        or pa.types.is_fixed_size_binary(dtype)
+    ):
+        return FEATURE_BYTES
+    if pa.types.is_dictionary(dtype):
+        return _value_kind(dtype.value_type)
+    return None
+
+
+def _is_list(dtype: pa.DataType) -> bool:
+    return bool(pa.types.is_list(dtype) or pa.types.is_large_list(dtype))
+
+
+def feature_kind(name: str, dtype: pa.DataType) -> str:
+    """``float``, ``int64`` or ``bytes``: the ``tf.Example`` list a column of ``dtype`` becomes.
+
+    Raises:
+        DataError: the type has no ``tf.Example`` form; the message names the column.
+    """
+    if pa.types.is_null(dtype):
+        return FEATURE_INT64
+    inner = dtype.value_type if _is_list(dtype) else dtype
+    kind = _value_kind(inner)
+    if kind is None:
+        raise DataError(
+            f"column {name!r} has type {dtype}, which a tf.Example cannot hold; cast it to a "
+            "number, string, bool, timestamp or a list of those before writing TFRecords"
+        )
+    return kind
+
+
+def example_feature_types(schema: pa.Schema) -> dict[str, str]:
+    """Column name -> ``float``/``int64``/``bytes`` for every column of ``schema``.
+
+    Training code uses this to build its ``tf.io.parse_example`` spec from the Parquet schema.
+    """
+    return {field.name: feature_kind(field.name, field.type) for field in schema}
+
+
+def _scalar_values(name: str, arr: pa.Array, kind: str) -> pa.Array:
+    """Cast non-list values to float32 / int64 / binary (nulls kept)."""
+    dtype = arr.type
+    if pa.types.is_dictionary(dtype):
+        arr = arr.dictionary_decode()
+        dtype = arr.type
+    try:
+        if kind == FEATURE_FLOAT:
+            return pc.cast(arr, pa.float32(), safe=False)
+        if kind == FEATURE_BYTES:
+            if pa.types.is_large_string(dtype) or pa.types.is_large_binary(dtype):
+                return pc.cast(arr, pa.large_binary())
+            return pc.cast(arr, pa.binary())
+        if pa.types.is_timestamp(dtype):
+            micros = pc.cast(arr, pa.timestamp("us", tz=dtype.tz), safe=False)
+            return micros.view(pa.int64())
+        if pa.types.is_date64(dtype):
+            arr = pc.cast(arr, pa.date32())
+        if pa.types.is_date32(arr.type):
+            return arr.view(pa.int32()).cast(pa.int64())
+        return pc.cast(arr, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(
+            f"column {name!r} ({dtype}) cannot become a {kind} feature: {exc}"
+        ) from None
+
+
+def to_feature_array(name: str, arr: pa.Array) -> pa.Array:
+    """One Arrow column chunk as the list column tfx-bsl encodes (nulls -> null lists)."""
+    kind = feature_kind(name, arr.type)
+    n = len(arr)
+    if pa.types.is_null(arr.type):
+        offsets = pa.array(np.zeros(n + 1, dtype=np.int32))
+        return pa.ListArray.from_arrays(
+            offsets, pa.array([], pa.int64()), mask=pa.array(np.ones(n, dtype=bool))
+        )
+    if _is_list(arr.type):
+        values = pc.list_flatten(arr)
+        if values.null_count:
+            raise DataError(
+                f"column {name!r} has {values.null_count} null value(s) inside lists; a "
+                "tf.Example list cannot hold a null: drop or fill them before writing"
+            )
+        if _is_list(values.type):
+            raise DataError(f"column {name!r} ({arr.type}) is nested; flatten it first")
+        lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+        converted = _scalar_values(name, values, kind)
+    else:
+        converted = _scalar_values(name, arr, kind)
+        if arr.null_count:
+            valid = arr.is_valid()
+            converted = converted.filter(valid)
+            lengths = valid.to_numpy(zero_copy_only=False).astype(np.int64)
+        else:
+            lengths = np.ones(n, dtype=np.int64)
+    offsets_np = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets_np[1:])
+    mask = arr.is_null() if arr.null_count else None
+    if offsets_np[-1] > np.iinfo(np.int32).max:
+        return pa.LargeListArray.from_arrays(pa.array(offsets_np), converted, mask=mask)
+    return pa.ListArray.from_arrays(pa.array(offsets_np.astype(np.int32)), converted, mask=mask)
+
+
+def to_example_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A record batch with every column converted by :func:`to_feature_array`."""
+    arrays = [
+        to_feature_array(name, col)
+        for name, col in zip(batch.schema.names, batch.columns, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def encode_examples(table: pa.Table, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterable[list[bytes]]:
+    """Serialised ``tf.Example`` protos of ``table``, one list per record batch, in row order."""
+    from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
+
+    example_feature_types(table.schema)  # fail early, naming the column, on unusable types
+    encoder = RecordBatchToExamplesEncoder()
+    for batch in table.to_batches(max_chunksize=batch_rows):
+        if batch.num_rows:
+            yield encoder.encode(to_example_batch(batch))
+
+
+def _shard_bounds(rows: int, num_shards: int) -> list[tuple[int, int]]:
+    edges = [rows * i // num_shards for i in range(num_shards + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _write_shard(
+    table: pa.Table, folder: Path, name: str, batch_rows: int, compression_level: int
+) -> Path:
+    """Write one shard under a temporary name, then rename it; nothing is left on failure."""
+    import tensorflow as tf
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    options = tf.io.TFRecordOptions(
+        compression_type=COMPRESSION, compression_level=compression_level
+    )
+    try:
+        with tf.io.TFRecordWriter(str(tmp), options=options) as writer:
+            for records in encode_examples(table, batch_rows):
+                for record in records:
+                    writer.write(record)
+        final = folder / name
+        tmp.replace(final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def write_tfrecord_shards(
+    table: pa.Table,
+    out_dir: str | os.PathLike[str],
+    prefix: str,
+    num_shards: int = 1,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+    max_workers: int | None = None,
+) -> list[str]:
+    """Write ``table`` as ``num_shards`` GZIP TFRecord files of ``tf.Example`` in ``out_dir``.
+
+    Shards are encoded and written in parallel threads (tfx-bsl and TF release the GIL for
+    part of the work).
+
+    Args:
+        table: rows to write; every column becomes a feature of the same name.
+        out_dir: local folder, created if missing.
+        prefix: shard name prefix, e.g. ``train`` gives ``train-00000-of-00002.tfrecord.gz``.
+        num_shards: number of files; rows are cut into contiguous near-equal ranges (a
+            shard may be empty when there are fewer rows than shards).
+        batch_rows: rows encoded per call into tfx-bsl.
+        compression_level: zlib level 1 (fastest) to 9 (smallest). On 1M rows x 16
+            columns level 1 wrote 89 MB in 3.6 s, level 6 (zlib's default) 72 MB in 9.9 s.
+        max_workers: threads; default ``min(num_shards, os.cpu_count())``.
+
+    Returns:
+        The shard paths, in order.
+
+    Raises:
+        ConfigError: ``prefix``, ``num_shards``, ``batch_rows`` or ``compression_level`` is
+            unusable.
+        DataError: a column has a type a ``tf.Example`` cannot hold (names the column).
+    """
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise ConfigError("prefix", f"must be a plain file name prefix, got {prefix!r}")
+    names = shard_names(prefix, num_shards)
+    if batch_rows < 1:
+        raise ConfigError("batch_rows", f"must be >= 1, got {batch_rows}")
+    if not 1 <= compression_level <= 9:
+        raise ConfigError(
+            "compression_level", f"must be a zlib level from 1 to 9, got {compression_level}"
+        )
+    example_feature_types(table.schema)
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (table.slice(start, stop - start), name)
+        for name, (start, stop) in zip(
+            names, _shard_bounds(table.num_rows, num_shards), strict=True
+        )
+    ]
+    workers = max(1, min(num_shards, max_workers or os.cpu_count() or 1))
+    if workers == 1:
+        written: list[Path] = []
+        try:
+            for part, name in jobs:
+                written.append(_write_shard(part, folder, name, batch_rows, compression_level))
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return [str(p) for p in written]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tfrecord") as pool:
+        futures = [
+            pool.submit(_write_shard, part, folder, name, batch_rows, compression_level)
+            for part, name in jobs
+        ]
+        wait(futures)
+    error = next((exc for f in futures if (exc := f.exception()) is not None), None)
+    if error is not None:
+        for future in futures:
+            if future.exception() is None:
+                future.result().unlink(missing_ok=True)
+        raise error
+    return [str(f.result()) for f in futures]
+
+
+def _records(paths: Sequence[str | os.PathLike[str]], batch_size: int) -> Iterable[list[bytes]]:
+    import tensorflow as tf
+
+    files = [os.fspath(p) for p in paths]
+    for path in files:
+        if not os.path.exists(path):
+            raise DataError(f"{path}: no such TFRecord file")
+    if not files:
+        return
+    dataset = tf.data.TFRecordDataset(files, compression_type=COMPRESSION).batch(batch_size)
+    try:
+        for batch in dataset.as_numpy_iterator():
+            yield list(batch)
+    except tf.errors.OpError as exc:
+        raise DataError(
+            f"{', '.join(files)}: cannot read as GZIP TFRecord: {exc.message}"
+        ) from None
+
+
+def read_tfrecord_examples(paths: Sequence[str | os.PathLike[str]]) -> list[object]:
+    """Every ``tf.train.Example`` in the GZIP TFRecord files ``paths``, in file order."""
+    import tensorflow as tf
+
+    return [tf.train.Example.FromString(r) for batch in _records(paths, 1024) for r in batch]
+
+
+def _tfmd_schema(feature_types: Mapping[str, str]) -> bytes:
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    kinds = {
+        FEATURE_FLOAT: schema_pb2.FLOAT,
+        FEATURE_INT64: schema_pb2.INT,
+        FEATURE_BYTES: schema_pb2.BYTES,
+    }
+    schema = schema_pb2.Schema()
+    for name, kind in feature_types.items():
+        if kind not in kinds:
+            raise ConfigError(
+                f"feature_types.{name}", f"must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}"
+            )
+        schema.feature.add(name=name, type=kinds[kind])
+    return bytes(schema.SerializeToString())
+
+
+def read_tfrecord_table(
+    paths: Sequence[str | os.PathLike[str]],
+    feature_types: Mapping[str, str] | None = None,
+    batch_size: int = DEFAULT_BATCH_ROWS,
+) -> pa.Table:
+    """Decode GZIP ``tf.Example`` TFRecords into an Arrow table of list columns (tfx-bsl).
+
+    Args:
+        paths: shard files, read in order.
+        feature_types: column -> ``float``/``int64``/``bytes`` (see
+            :func:`example_feature_types`); fixes the output columns and their types. Without
+            it the types are inferred and a feature absent from every example is absent.
+        batch_size: examples decoded per call.
+
+    Returns:
+        One ``large_list`` column per feature; a missing feature is null.
+    """
+    from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
+
+    if feature_types is not None:
+        decoder = ExamplesToRecordBatchDecoder(_tfmd_schema(feature_types))
+    else:
+        decoder = ExamplesToRecordBatchDecoder()
+    batches = [decoder.DecodeBatch(records) for records in _records(paths, batch_size)]
+    if feature_types is not None:
+        schema = decoder.ArrowSchema()
+        return pa.Table.from_batches(batches, schema=schema)
+    if not batches:
+        return pa.table({})
+    return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote=True)
