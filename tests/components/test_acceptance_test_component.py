@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from components.acceptance_test.component import acceptance_test
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Markdown, Model
 from sklearn.metrics import roc_auc_score
 
+from components.acceptance_test.component import acceptance_test
 from kfloop.model.package import decide_release
 from kfloop.model.predict import load_trained_model
 from tests.model.evaluation_data import shared_model, shared_onnx, shared_splits
@@ -31,9 +31,9 @@ def acceptance_pipeline(
     test_uri: str,
     onnx_uri: str,
     objectives: dict,
-    max_model_bytes: int = 50000000,
     latency_samples: int = 50,
 ) -> Outputs:
+    """The packaged ONNX model is connected: it is what is tested."""
     model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
     onnx = dsl.importer(artifact_uri=onnx_uri, artifact_class=Model, reimport=False)
     data = dsl.importer(artifact_uri=test_uri, artifact_class=Dataset, reimport=False)
@@ -41,6 +41,22 @@ def acceptance_pipeline(
         model=model.output,
         test=data.output,
         onnx_model=onnx.output,
+        objectives=objectives,
+        latency_samples=latency_samples,
+    )
+    return Outputs(task.outputs["acceptance"], task.outputs["report"], task.outputs["Output"])
+
+
+@dsl.pipeline(name="acceptance-test-keras-test")
+def acceptance_keras_pipeline(
+    model_uri: str, test_uri: str, objectives: dict, max_model_bytes: int, latency_samples: int
+) -> Outputs:
+    """No ONNX package: the optional onnx_model input is left out; the Keras model is tested."""
+    model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
+    data = dsl.importer(artifact_uri=test_uri, artifact_class=Dataset, reimport=False)
+    task = acceptance_test(
+        model=model.output,
+        test=data.output,
         objectives=objectives,
         max_model_bytes=max_model_bytes,
         latency_samples=latency_samples,
@@ -99,10 +115,9 @@ def test_packaged_onnx_model_passes(kfp_local: Path, packaged: dict[str, Path]) 
 
 
 def test_keras_fallback_failing_is_a_result(kfp_local: Path, packaged: dict[str, Path]) -> None:
-    run = acceptance_pipeline(
+    run = acceptance_keras_pipeline(
         model_uri=str(packaged["model"]),
         test_uri=str(packaged["test"]),
-        onnx_uri=str(kfp_local / "not-packaged"),  # kfp.local placeholder: no ONNX model
         objectives={"min": {"auc": 0.999}},
         max_model_bytes=1000,
         latency_samples=10,

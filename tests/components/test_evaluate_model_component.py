@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from components.evaluate_model.component import evaluate_model
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 from sklearn.metrics import roc_auc_score
 
+from components.evaluate_model.component import evaluate_model
 from kfloop.model.predict import load_trained_model
 from tests.model.evaluation_data import shared_model, shared_splits
 
@@ -37,13 +37,25 @@ def _outputs(task: dsl.PipelineTask) -> Outputs:
 
 @dsl.pipeline(name="evaluate-model-test")
 def evaluate_pipeline(
-    model_uri: str,
-    validation_uri: str,
-    baseline_uri: str,
-    objectives: dict,
-    slice_feature: str = "",
-    threshold: float = 0.5,
+    model_uri: str, validation_uri: str, objectives: dict, slice_feature: str = ""
 ) -> Outputs:
+    """No production model yet: the optional baseline_model input is left out."""
+    model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
+    data = dsl.importer(artifact_uri=validation_uri, artifact_class=Dataset, reimport=False)
+    task = evaluate_model(
+        model=model.output,
+        validation=data.output,
+        objectives=objectives,
+        slice_feature=slice_feature,
+    )
+    return _outputs(task)
+
+
+@dsl.pipeline(name="evaluate-model-baseline-test")
+def evaluate_with_baseline_pipeline(
+    model_uri: str, validation_uri: str, baseline_uri: str, objectives: dict
+) -> Outputs:
+    """Champion/challenger: the production model is connected as baseline_model."""
     model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
     baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=Model, reimport=False)
     data = dsl.importer(artifact_uri=validation_uri, artifact_class=Dataset, reimport=False)
@@ -52,14 +64,13 @@ def evaluate_pipeline(
         validation=data.output,
         baseline_model=baseline.output,
         objectives=objectives,
-        slice_feature=slice_feature,
-        threshold=threshold,
+        threshold=0.4,
     )
     return _outputs(task)
 
 
 def test_baseline_model_is_an_optional_input(tmp_path: Path) -> None:
-    """On a cluster the production model may be left out; kfp.local needs a placeholder."""
+    """The production model may be left out (a first deployment)."""
     from kfp import compiler
 
     out = tmp_path / "evaluate_model.yaml"
@@ -85,7 +96,6 @@ def test_blessed_classifier(kfp_local: Path, models: dict[str, Path]) -> None:
     run = evaluate_pipeline(
         model_uri=str(models["good"]),
         validation_uri=str(models["validation"]),
-        baseline_uri=str(kfp_local / "no-production-model"),
         objectives={"min": {"auc": 0.7}},
         slice_feature="color",
     )
@@ -123,12 +133,11 @@ def test_blessed_classifier(kfp_local: Path, models: dict[str, Path]) -> None:
 def test_challenger_worse_than_production_is_not_blessed(
     kfp_local: Path, models: dict[str, Path]
 ) -> None:
-    run = evaluate_pipeline(
+    run = evaluate_with_baseline_pipeline(
         model_uri=str(models["weak"]),
         validation_uri=str(models["validation"]),
         baseline_uri=str(models["good"]),
         objectives={"max_regression": {"auc": 0.01}},
-        threshold=0.4,
     )
     assert run.outputs["blessed"] is False  # the step itself succeeded
     blessing = json.loads((Path(run.outputs["blessing"].path) / "blessing.json").read_text())
@@ -145,12 +154,9 @@ def test_challenger_worse_than_production_is_not_blessed(
 def test_regression_model_has_empty_classification_metrics(
     kfp_local: Path, models: dict[str, Path]
 ) -> None:
-    empty = kfp_local / "empty-placeholder"
-    empty.mkdir(parents=True)
     run = evaluate_pipeline(
         model_uri=str(models["reg"]),
         validation_uri=str(models["reg_validation"]),
-        baseline_uri=str(empty),
         objectives={"max": {"rmse": 1000.0}},
     )
     assert run.outputs["blessing"].metadata["has_baseline"] is False
@@ -168,7 +174,6 @@ def test_unknown_metric_fails_the_step_without_a_blessing(
         evaluate_pipeline(
             model_uri=str(models["good"]),
             validation_uri=str(models["validation"]),
-            baseline_uri=str(kfp_local / "none"),
             objectives={"min": {"aucc": 0.8}},
         )
     logs = "".join(capfd.readouterr())

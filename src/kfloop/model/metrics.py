@@ -363,7 +363,7 @@ def slice_metrics(
     if missing.any():
         groups.append((MISSING_SLICE, missing, []))
     out: list[SliceMetrics] = []
-    for value, mask, members in groups:
+    for slice_value, mask, members in groups:
         rows = int(mask.sum())
         values = compute_metrics(task, t[mask], p[mask], threshold, allow_single_class=True)
         undefined = sorted(k for k, v in values.items() if v is None)
@@ -374,7 +374,7 @@ def slice_metrics(
         out.append(
             SliceMetrics(
                 feature=feature,
-                value=value,
+                value=slice_value,
                 rows=rows,
                 small=rows < min_rows,
                 metrics=values,
