@@ -2,6 +2,8 @@
 
     kfloop stack up|down|status     the local object store (and, later, monitoring)
     kfloop demo                     what the loop can do so far, on the local stack
+    kfloop run training             run a pipeline under kfp.local on the local stack
+    kfloop submit training --host   submit the compiled pipeline to a KFP API server
 
 Errors kfloop raises on purpose print one line (``kfloop: error: ...``) and exit 1;
 invalid configuration exits 2. Set ``KFLOOP_DEBUG=1`` for tracebacks.
@@ -120,6 +122,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_params(pairs: Sequence[str] | None) -> dict[str, object]:
+    """``--param key=value``: the value is JSON when it parses as JSON, else a string."""
+    import json
+
+    params: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError("--param", f"{pair!r} is not key=value")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kfloop.local.stack import LocalStack
+    from kfloop.pipelines.run import run_local
+
+    stack = LocalStack(home=args.home)
+    settings = stack.up()
+    params = _parse_params(args.param)
+    print(f"running the {args.pipeline} pipeline under kfp.local (S3 at {settings.endpoint_url})")
+    result = run_local(args.pipeline, params, settings, stack.home / "pipeline-root")
+    print(
+        f"{args.pipeline} pipeline finished in {result.seconds:.1f}s; "
+        f"artifacts under {result.pipeline_root}"
+    )
+    for key, value in result.outputs.items():
+        print(f"  {key}: {getattr(value, 'uri', value)}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from kfloop.pipelines.run import submit
+
+    run_id = submit(
+        args.pipeline,
+        _parse_params(args.param),
+        host=args.host,
+        experiment=args.experiment,
+        namespace=args.namespace,
+    )
+    print(f"submitted {args.pipeline} to {args.host}: run {run_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kfloop",
@@ -166,6 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--s3-port", type=int, help=port_help)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     demo.set_defaults(func=_cmd_demo)
+
+    param_help = "pipeline parameter key=value (JSON values allowed); repeatable"
+    run = sub.add_parser(
+        "run",
+        help="run a pipeline locally under kfp.local on the local stack",
+        description="Starts the local stack if needed and runs the pipeline with kfp.local's "
+        "SubprocessRunner in this environment (the pipeline environment, .venv).",
+    )
+    run.add_argument("pipeline", choices=["training", "retraining"])
+    run.add_argument("--param", "-p", action="append", metavar="KEY=VALUE", help=param_help)
+    run.add_argument("--home", type=Path, help=home_help)
+    run.set_defaults(func=_cmd_run)
+
+    submit = sub.add_parser(
+        "submit",
+        help="submit a compiled pipeline to a Kubeflow Pipelines API server",
+        description="Submits pipelines/compiled/<pipeline>.yaml with kfp.Client.",
+    )
+    submit.add_argument("pipeline", choices=["training", "retraining"])
+    submit.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
+    submit.add_argument("--param", "-p", action="append", metavar="KEY=VALUE", help=param_help)
+    submit.add_argument("--experiment", default="kfloop", help="experiment name (default kfloop)")
+    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    submit.set_defaults(func=_cmd_submit)
     return parser
 
 
