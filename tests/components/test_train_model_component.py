@@ -6,10 +6,10 @@ from typing import NamedTuple
 
 import pyarrow as pa
 import pytest
-from components.train_model.component import train_model
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Model
 
+from components.train_model.component import train_model
 from kfloop.model.predict import load_trained_model
 from tests.model.model_data import FAST_HP, make_splits, make_table, write_split
 
