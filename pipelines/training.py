@@ -56,7 +56,7 @@ def training_pipeline(
     max_latency_ms_p95: float = 50.0,
     slice_feature: str = "",
     seed: int = 0,
-) -> None:
+) -> str:
     """Train and package a model from ``data_uri`` (a path, glob, folder or s3:// URI).
 
     Args:
@@ -104,12 +104,14 @@ def training_pipeline(
         max_seconds=max_tuning_seconds,
         epochs_per_trial=epochs_per_trial,
         seed=seed,
+        exclude=[key_column],
     )
     train = train_model(
         train=split.outputs["train"],
         validation=split.outputs["validation"],
         label=label,
         hyperparameters=tune.outputs["Output"],
+        exclude=[key_column],
         seed=seed,
     )
     evaluate = evaluate_model(
@@ -132,10 +134,11 @@ def training_pipeline(
         objectives=acceptance_objectives,
         max_latency_ms_p95=max_latency_ms_p95,
     )
-    publish_model(
+    publish = publish_model(
         onnx_model=package.outputs["onnx_model"],
         blessing=evaluate.outputs["blessing"],
         acceptance=accept.outputs["acceptance"],
         model_name=model_name,
         version=version,
     )
+    return publish.outputs["Output"]

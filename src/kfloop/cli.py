@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,59 +66,17 @@ def _cmd_stack_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
-    import pyarrow as pa
+    import importlib.util
 
-    from kfloop.core.arrowio import read_table, write_parquet
-    from kfloop.core.objectstore import ObjectStore
-    from kfloop.local.stack import LocalStack
+    if importlib.util.find_spec("tensorflow_data_validation") is None:
+        raise KfloopError(
+            "the demo runs the training pipeline, which needs the pipeline environment: "
+            "use .venv/bin/kfloop (or `make demo`)"
+        )
+    from kfloop.pipelines.demo import run_demo
 
-    stack = LocalStack(home=args.home, s3_port=args.s3_port)
-    was_running = all(s.ready for s in stack.status())
-    print("1. starting the local stack (SeaweedFS on 127.0.0.1)...")
-    settings = stack.up()
-    print(f"   S3 at {settings.endpoint_url}")
-    try:
-        store = ObjectStore(settings)
-        rng = np.random.default_rng(0)
-        n = 100_000
-        table = pa.table(
-            {
-                "id": np.arange(n, dtype=np.int64),
-                "x": rng.normal(size=n),
-                "colour": pa.array(rng.choice(["red", "green", "blue"], size=n)),
-            }
-        )
-        uri = f"s3://{settings.data_bucket}/demo/roundtrip.parquet"
-        print(f"2. writing a {n:,}-row Parquet table to {uri}...")
-        info = write_parquet(table, uri, store)
-        print(f"   {info.bytes:,} bytes, sha256 {info.sha256[:16]}...")
-        back = read_table(uri, store)
-        if not back.equals(table):
-            print("   round trip FAILED: the table read back differs", file=sys.stderr)
-            return 1
-        print("3. read it back: identical (size and SHA-256 verified on download)")
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "model"
-            folder.mkdir()
-            (folder / "metadata.json").write_text('{"demo": true}\n')
-            store.put_dir(folder, f"s3://{settings.models_bucket}/demo/v1")
-            listed = [
-                str(o.uri) for o in store.list_objects(f"s3://{settings.models_bucket}/demo/")
-            ]
-            print(f"4. folder upload: {', '.join(listed)}")
-        print()
-        print("Not there yet (later issues): the data and model components, the training")
-        print(
-            "pipeline, ONNX packaging, serving with payload logging, drift alerts and retraining."
-        )
-    finally:
-        if not was_running and not args.keep:
-            stopped = stack.down()
-            print(f"5. stopped the local stack ({', '.join(stopped)})")
-        else:
-            print("5. the local stack stays up (`kfloop stack down` stops it)")
-    return 0
+    uri = run_demo(args.home, args.s3_port, args.keep, rows=args.rows, max_trials=args.max_trials)
+    return 0 if uri else 1
 
 
 def _parse_params(pairs: Sequence[str] | None) -> dict[str, object]:
@@ -209,12 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run what kfloop can do so far on the local stack",
-        description="Starts the local stack, does a real S3 round trip, and stops the stack "
-        "again unless it was already running or --keep is given.",
+        description="Starts the local stack, checks S3 with a round trip, generates the "
+        "synthetic demo data, runs the training pipeline under kfp.local and shows the "
+        "published ONNX model; stops the stack again unless it was already running or "
+        "--keep is given.",
     )
     demo.add_argument("--home", type=Path, help=home_help)
     demo.add_argument("--s3-port", type=int, help=port_help)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--rows", type=int, default=20_000, help="synthetic rows (default 20000)")
+    demo.add_argument("--max-trials", type=int, default=3, help="tuning trials (default 3)")
     demo.set_defaults(func=_cmd_demo)
 
     param_help = "pipeline parameter key=value (JSON values allowed); repeatable"

@@ -22,8 +22,11 @@ def test_every_input_and_output_is_documented(name: str) -> None:
     component = load_component(name)
     args, returns = _arg_docs(inspect.getdoc(component.python_func) or "")
     spec = component.component_spec
-    undocumented = [k for k in list(spec.inputs or {}) + list(spec.outputs or {})
-                    if k != "Output" and not args.get(k)]
+    undocumented = [
+        k
+        for k in list(spec.inputs or {}) + list(spec.outputs or {})
+        if k != "Output" and not args.get(k)
+    ]
     assert not undocumented, f"{name}: no Args: line for {undocumented}"
     if "Output" in (spec.outputs or {}):
         assert returns, f"{name}: returns a value but has no Returns: section"

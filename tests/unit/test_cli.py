@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import free_s3_port
+import pytest
+
+from tests.conftest import ENVIRONMENT, free_s3_port
 
 KFLOOP = str(Path(sys.executable).parent / "kfloop")
 
@@ -46,21 +48,35 @@ def test_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_demo_does_a_round_trip_and_stops_the_stack(tmp_path: Path) -> None:
+def test_stack_up_status_down_through_the_cli(tmp_path: Path) -> None:
     port = free_s3_port()
-    out = run("demo", "--home", str(tmp_path), "--s3-port", str(port))
-    assert out.returncode == 0, out.stderr
-    assert "identical" in out.stdout
-    assert "stopped the local stack (seaweedfs)" in out.stdout
-    secret = (tmp_path / "stack.env").read_text()
-    key = next(
-        line.split("=", 1)[1]
-        for line in secret.splitlines()
-        if line.startswith("export AWS_SECRET_ACCESS_KEY=")
-    )
-    assert key not in out.stdout + out.stderr
-    status = run("stack", "status", "--home", str(tmp_path))
-    assert status.returncode == 3
+    up = run("stack", "up", "--home", str(tmp_path), "--s3-port", str(port))
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"http://127.0.0.1:{port}" in up.stdout
+        secret = (tmp_path / "stack.env").read_text()
+        key = next(
+            line.split("=", 1)[1]
+            for line in secret.splitlines()
+            if line.startswith("export AWS_SECRET_ACCESS_KEY=")
+        )
+        assert key not in up.stdout + up.stderr
+        status = run("stack", "status", "--home", str(tmp_path))
+        assert status.returncode == 0
+        assert "ready" in status.stdout
+    finally:
+        down = run("stack", "down", "--home", str(tmp_path))
+    assert down.returncode == 0
+    assert "stopped: seaweedfs" in down.stdout
+    assert run("stack", "status", "--home", str(tmp_path)).returncode == 3
+
+
+@pytest.mark.skipif(ENVIRONMENT != "serving", reason="the pipeline env runs the demo for real")
+def test_demo_in_the_serving_environment_says_where_to_run_it(tmp_path: Path) -> None:
+    out = run("demo", "--home", str(tmp_path))
+    assert out.returncode == 1
+    assert "pipeline environment" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_port_conflict_is_reported_without_traceback(tmp_path: Path) -> None:
