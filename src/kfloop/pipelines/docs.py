@@ -46,7 +46,15 @@ def _arg_docs(doc: str) -> tuple[dict[str, str], str]:
             elif current and stripped:
                 args[current] += " " + stripped
         elif section == "returns" and stripped:
-            returns.append(stripped)
+            # NamedTuple outputs are documented as "name: description" under Returns:.
+            match = re.match(r"^\s{4,8}(\w+):\s*(.*)$", line)
+            if match and len(line) - len(line.lstrip()) <= 8:
+                current = match.group(1)
+                args[current] = match.group(2)
+            elif current and current in args and not returns:
+                args[current] += " " + stripped
+            else:
+                returns.append(stripped)
     return args, " ".join(returns)
 
 
