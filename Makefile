@@ -49,8 +49,8 @@ setup: envs system-packages ## install uv, both environments and Debian's promet
 	@echo "setup: done"
 
 lint: setup ## ruff (lint + format check) and mypy on src/kfloop
-	$(PIPE)/ruff check src tests
-	$(PIPE)/ruff format --check src tests
+	$(PIPE)/ruff check src tests components pipelines
+	$(PIPE)/ruff format --check src tests components pipelines
 	$(PIPE)/mypy src/kfloop
 
 test-pipeline: setup

@@ -7,10 +7,10 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from components.clean_data.component import clean_data
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown
 
+from components.clean_data.component import clean_data
 from kfloop.core.objectstore import sha256_file
 
 NAN = float("nan")

@@ -5,7 +5,6 @@ split_dataset, and generate_synthetic_data with injected drift -> validate_data 
 first run's statistics (the retraining path's drift check).
 """
 
-
 from pathlib import Path
 from typing import NamedTuple
 

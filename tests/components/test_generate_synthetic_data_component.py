@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from components.generate_synthetic_data.component import generate_synthetic_data
 
+from components.generate_synthetic_data.component import generate_synthetic_data
 from kfloop.core.objectstore import sha256_file
 from kfloop.data.synth import generate_table
 

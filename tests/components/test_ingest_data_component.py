@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from components.ingest_data.component import ingest_data
 
+from components.ingest_data.component import ingest_data
 from kfloop.core.objectstore import ObjectStore, sha256_file
 
 CSV = "id,amount,country\n1,10.5,DE\n2,,FR\n3,7.25,ES\n"

@@ -8,10 +8,10 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from components.label_data.component import label_data
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown
 
+from components.label_data.component import label_data
 from kfloop.core.objectstore import ObjectStore, sha256_file
 
 T0 = datetime(2024, 5, 1, 12, 0, 0)

@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from components.split_dataset.component import split_dataset
 from kfp import dsl
 from kfp.dsl import Dataset
 
+from components.split_dataset.component import split_dataset
 from kfloop.core.arrowio import write_parquet
 from kfloop.core.objectstore import sha256_file
 from kfloop.data.split import SPLITS, split_artifact_parquet, split_artifact_tfrecords

@@ -6,10 +6,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pytest
-from components.tune_hyperparameters.component import tune_hyperparameters
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown, Metrics
 
+from components.tune_hyperparameters.component import tune_hyperparameters
 from kfloop.core.arrowio import write_parquet
 from kfloop.model.train import Hyperparameters
 

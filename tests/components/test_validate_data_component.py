@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow_data_validation as tfdv
 import yaml
-from components.validate_data.component import validate_data
 from kfp import compiler, dsl
 from kfp.dsl import HTML, Artifact, Dataset
 
+from components.validate_data.component import validate_data
 from kfloop.data.validate import validate_table
 from kfloop.pipelines.local_compat import original_construct_executor_input
 
