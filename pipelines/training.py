@@ -9,7 +9,6 @@ writes a blessing, ``acceptance_test`` an acceptance result, and ``publish_model
 why and publishes nothing.
 """
 
-
 from kfp import dsl
 
 from components.acceptance_test.component import acceptance_test
@@ -84,8 +83,9 @@ def training_pipeline(
     validate = validate_data(dataset=ingest.outputs["dataset"])
     clean = clean_data(dataset=ingest.outputs["dataset"], config=clean_config)
     clean.after(validate)
-    labeled = label_data(dataset=clean.outputs["cleaned"], mode="rules",
-                         config={"label_column": label})
+    labeled = label_data(
+        dataset=clean.outputs["cleaned"], mode="rules", config={"label_column": label}
+    )
     split = split_dataset(
         dataset=labeled.outputs["labeled"],
         train_ratio=train_ratio,
