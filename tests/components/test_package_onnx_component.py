@@ -103,7 +103,10 @@ def test_package_onnx_component_publishes_a_released_model(
     uri = run.outputs["uri"]
     assert uri == f"s3://{settings.models_bucket}/{name}/v1/"
     keys = sorted(o.uri.key for o in store.list_objects(S3Uri.parse(uri)))
-    assert keys == [f"{name}/v1/{f}" for f in ("MODEL_CARD.md", "metadata.json", "model.onnx")]
+    assert keys == [
+        f"{name}/v1/{f}"
+        for f in ("MODEL_CARD.md", "metadata.json", "model.onnx", "reference_profile.json")
+    ]
     published = json.loads(store.get_bytes(f"{uri}metadata.json"))
     assert published["release"]["publish"] is True
     assert published["lineage"]["pipeline_run_id"] == "run-1"

@@ -75,7 +75,12 @@ def test_blessed_and_accepted_model_is_published(
     )
     uri = run.outputs["uri"]
     assert uri == f"s3://{settings.models_bucket}/{name}/v7/"  # the version package_onnx recorded
-    assert names(store, uri) == ["MODEL_CARD.md", "metadata.json", "model.onnx"]
+    assert names(store, uri) == [
+        "MODEL_CARD.md",
+        "metadata.json",
+        "model.onnx",
+        "reference_profile.json",
+    ]
     assert uri in Path(run.outputs["release"].path).read_text()
 
 

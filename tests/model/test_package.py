@@ -67,7 +67,12 @@ def packaged(
 
 def test_package_folder_and_valid_graph(packaged: PackageResult) -> None:
     folder = Path(packaged.output_dir)
-    assert {p.name for p in folder.iterdir()} == {"model.onnx", "metadata.json", "MODEL_CARD.md"}
+    assert {p.name for p in folder.iterdir()} == {
+        "model.onnx",
+        "metadata.json",
+        "MODEL_CARD.md",
+        "reference_profile.json",
+    }
     assert leftovers(folder.parent) == []
     model = onnx.load(folder / "model.onnx")
     onnx.checker.check_model(model, full_check=True)
@@ -351,6 +356,7 @@ def test_publish_uploads_complete_version_metadata_last(
         "models/churn/v1/MODEL_CARD.md",
         "models/churn/v1/metadata.json",
         "models/churn/v1/model.onnx",
+        "models/churn/v1/reference_profile.json",
     ]
     store.get_file(f"{uri}model.onnx", tmp_path / "model.onnx")
     assert (tmp_path / "model.onnx").read_bytes() == Path(packaged.onnx_path).read_bytes()

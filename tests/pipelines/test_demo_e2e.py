@@ -59,7 +59,7 @@ def test_demo_trains_and_publishes_a_parity_checked_onnx_model(tmp_path: Path) -
         assert settings.secret_key.get() not in out.stdout + out.stderr
         store = ObjectStore(settings)
         names = sorted(o.uri.key.rsplit("/", 1)[-1] for o in store.list_objects(published))
-        assert names == ["MODEL_CARD.md", "metadata.json", "model.onnx"]
+        assert names == ["MODEL_CARD.md", "metadata.json", "model.onnx", "reference_profile.json"]
         metadata = json.loads(store.get_bytes(published + "metadata.json"))
         assert metadata["parity"]["max_abs_diff"] <= metadata["parity"]["tolerance"] <= 1e-5
         model = tmp_path / "model.onnx"
