@@ -4,6 +4,8 @@
     kfloop demo                     what the loop can do so far, on the local stack
     kfloop run training             run a pipeline under kfp.local on the local stack
     kfloop submit training --host   submit the compiled pipeline to a KFP API server
+    kfloop serve --model-uri URI    serve a packaged ONNX model (serving environment)
+    kfloop logger --reference-profile URI   payload logger + drift metrics (serving env)
 
 Errors kfloop raises on purpose print one line (``kfloop: error: ...``) and exit 1;
 invalid configuration exits 2. Set ``KFLOOP_DEBUG=1`` for tracebacks.
@@ -127,6 +129,22 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delegate(module: str, function: str, argv: Sequence[str]) -> int:
+    """Hand the remaining arguments to a service's own parser (serving environment)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("kserve") is None:
+        raise KfloopError(
+            f"`kfloop {function.removesuffix('_main')}` runs in the serving environment: "
+            "use .venv-serving/bin/kfloop"
+        )
+    # kserve parses sys.argv when it is imported: give it nothing of ours to misread.
+    sys.argv = [sys.argv[0]]
+    entry = getattr(importlib.import_module(module), function)
+    return int(entry(list(argv)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kfloop",
@@ -201,12 +219,37 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--experiment", default="kfloop", help="experiment name (default kfloop)")
     submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
     submit.set_defaults(func=_cmd_submit)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a packaged ONNX model with KServe (serving environment)",
+        description="kserve.ModelServer with kfloop's ONNX predictor: KServe v1 and Open "
+        "Inference Protocol v2 over REST and gRPC. `kfloop serve --help` lists the options.",
+        add_help=False,
+    )
+    serve.add_argument("args", nargs=argparse.REMAINDER)
+    serve.set_defaults(func=lambda a: _delegate("kfloop.serving.predictor", "serve_main", a.args))
     return parser
+
+
+SERVICES = {
+    "serve": ("kfloop.serving.predictor", "serve_main"),
+    "logger": ("kfloop.serving.logger", "logger_main"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in SERVICES:
+        # Services own their options (and --help); everything after the name is theirs.
+        module, function = SERVICES[arguments[0]]
+        try:
+            return _delegate(module, function, arguments[1:])
+        except KfloopError as exc:
+            print(f"kfloop: error: {exc}", file=sys.stderr)
+            return 1
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -87,7 +87,7 @@ from kfloop.data._dataset_io import check_destination, read_dataset, read_source
 CONFIG_FIELD = "config"
 MODES = ("rules", "feedback")
 REQUEST_ID = "request_id"
-LOG_COLUMNS = ("model_name", "model_version", "timestamp")
+LOG_COLUMNS = ("model_name", "model_version", "timestamp", "endpoint")
 PREDICTION = "prediction"
 LOGGED_PREDICTION = "logged_prediction"
 MAX_CLASSES_LISTED = 50

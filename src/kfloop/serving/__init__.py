@@ -1,0 +1,1 @@
+"""Serving: the ONNX predictor (KServe), payload events, input signature and batching."""

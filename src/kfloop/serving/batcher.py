@@ -1,0 +1,182 @@
+"""Dynamic batching: concurrent small requests merged into one ONNX Runtime call.
+
+One asyncio worker task per :class:`DynamicBatcher` takes the queued requests, waits at most
+``max_wait_ms`` after the first one for more (stopping early once ``max_batch_rows`` rows are
+gathered), concatenates their columns, runs the model ONCE in a worker thread (ONNX Runtime
+releases the GIL), and hands every caller its own rows back. While a batch runs, new requests
+queue up and form the next batch, so under load batches grow without any wait; with
+``max_wait_ms=0`` only that happens. A request larger than ``max_batch_rows`` runs alone; a
+request is never split.
+
+Counters in :attr:`DynamicBatcher.stats` (``calls`` = model runs) are results of the code that
+tests check, and ``on_batch`` feeds the Prometheus batch-size histogram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from kfloop.core.errors import ConfigError
+from kfloop.serving.signature import merge_columns, row_count
+
+Columns = Mapping[str, np.ndarray]
+RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclass
+class BatcherStats:
+    """What the batcher did so far."""
+
+    calls: int = 0  # model runs
+    requests: int = 0  # requests answered (or failed) by those runs
+    rows: int = 0
+    largest_batch_rows: int = 0
+    largest_batch_requests: int = 0
+    failures: int = 0  # model runs that raised
+
+
+@dataclass
+class _Pending:
+    columns: Columns
+    rows: int
+    future: asyncio.Future[np.ndarray]
+
+
+class DynamicBatcher:
+    """Merge concurrent requests into one call of ``run`` (columns -> predictions ``(n, ...)``).
+
+    Args:
+        run: The model call; takes the merged columns, returns one prediction row per input row.
+        max_batch_rows: Most rows merged into one call (a bigger single request runs alone).
+        max_wait_ms: Longest wait after the first queued request for others to join.
+        executor: Where ``run`` runs (default: the event loop's default thread pool).
+        on_batch: Called after each run with (rows, requests, seconds).
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_rows: int = 1024,
+        max_wait_ms: float = 1.0,
+        executor: Executor | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        if isinstance(max_batch_rows, bool) or not isinstance(max_batch_rows, int):
+            raise ConfigError("max_batch_rows", f"must be an integer >= 1, got {max_batch_rows!r}")
+        if max_batch_rows < 1:
+            raise ConfigError("max_batch_rows", f"must be >= 1, got {max_batch_rows}")
+        if not isinstance(max_wait_ms, int | float) or not 0 <= max_wait_ms <= 1000:
+            raise ConfigError("max_wait_ms", f"must be a number in [0, 1000], got {max_wait_ms!r}")
+        self._run = run
+        self.max_batch_rows = max_batch_rows
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self._executor = executor
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self._last_batch_requests = 0
+        self.stats = BatcherStats()
+
+    async def predict(self, columns: Columns) -> np.ndarray:
+        """Queue one request's columns and wait for its predictions (its rows only)."""
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        rows = row_count(columns)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._queue.append(_Pending(columns, rows, future))
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        self._wakeup.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._loop(), name="kfloop-dynamic-batcher")
+        return await future
+
+    def _take(self) -> list[_Pending]:
+        """Pop queued requests up to max_batch_rows (always at least one)."""
+        batch = [self._queue.popleft()]
+        rows = batch[0].rows
+        while self._queue and rows + self._queue[0].rows <= self.max_batch_rows:
+            item = self._queue.popleft()
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    def _queued_rows(self) -> int:
+        return sum(p.rows for p in self._queue)
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            # Bounded wait for more requests unless the batch is already full, or traffic is
+            # sequential (the last batch held one request and one is queued): then waiting
+            # would only add latency, so just let the requests that are ready run first.
+            sequential = self._last_batch_requests <= 1 and len(self._queue) == 1
+            if sequential:
+                await asyncio.sleep(0)
+            elif self.max_wait > 0 and self._queued_rows() < self.max_batch_rows:
+                deadline = loop.time() + self.max_wait
+                while self._queued_rows() < self.max_batch_rows:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+            batch = [p for p in self._take() if not p.future.cancelled()]
+            self._last_batch_requests = len(batch)
+            if not batch:
+                continue
+            merged = merge_columns([p.columns for p in batch])
+            rows = sum(p.rows for p in batch)
+            started = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(self._executor, self._run, merged)
+            except Exception as exc:  # handed to every caller of this batch, not swallowed
+                self.stats.failures += 1
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            finally:
+                self.stats.calls += 1
+                self.stats.requests += len(batch)
+                self.stats.rows += rows
+                self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
+                self.stats.largest_batch_requests = max(
+                    self.stats.largest_batch_requests, len(batch)
+                )
+            elapsed = time.perf_counter() - started
+            if self._on_batch is not None:
+                self._on_batch(rows, len(batch), elapsed)
+            if result.shape[0] != rows:
+                error = RuntimeError(f"the model returned {result.shape[0]} rows for {rows}")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                continue
+            start = 0
+            for p in batch:
+                part = result[start : start + p.rows]
+                start += p.rows
+                if not p.future.done():
+                    p.future.set_result(part)
+
+    async def close(self) -> None:
+        """Stop accepting requests; queued ones still run."""
+        self._closed = True
+        if self._worker is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker

@@ -1,0 +1,654 @@
+"""KServe payload-logging CloudEvents: parse, pair request with response, decode into rows.
+
+Pure (no I/O, no clock of its own: callers pass ``now``). The KServe agent (and kfloop's
+predictor, locally) posts one CloudEvent per inference request and one per response, in
+binary mode: ``ce-type`` is :data:`REQUEST_TYPE` or :data:`RESPONSE_TYPE`, ``ce-id`` is shared
+by a request and its response, ``ce-source`` is the predictor's URL, and the extensions
+``ce-inferenceservicename``, ``ce-namespace``, ``ce-component``, ``ce-endpoint`` (``default``
+or ``canary``) and ``ce-metadata`` (JSON) describe where it was served. The body is the raw
+inference payload (``data``). Structured mode (``application/cloudevents+json``) is accepted
+too; both are parsed with the ``cloudevents`` SDK (:func:`cloudevents.http.from_http`).
+
+Payloads decoded into rows of features + prediction:
+
+- KServe v1 request: ``{"instances": [row, ...]}``, a row being a dict ``{feature: value}``
+  (a value may be wrapped in a one-element list) or a list of values in the model's input
+  order; or the columnar ``{"inputs": {feature: [values]}}``.
+- Open Inference Protocol v2 request: ``{"inputs": [{"name", "shape", "datatype", "data"}]}``,
+  one ``[N, 1]`` (or ``[N]``) tensor per feature, named after it; or one ``[N, F]`` tensor with
+  the F features in the model's input order. ``data`` may be flat or nested.
+- v1 response ``{"predictions": [p, ...]}`` (``p`` a number or a one-element list); v2
+  response ``{"outputs": [...]}``: the output named ``prediction`` (else the first one),
+  shape ``[N]`` or ``[N, 1]``.
+
+Rows: a request of N rows gives N rows; ``request_id`` is the event id for N = 1 and
+``"<id>:<i>"`` (i = 0..N-1) for a batch, so every logged row has its own join key.
+Values are checked against the feature schema: numeric features take numbers (and booleans,
+as 0/1; null/NaN = missing), categorical features take strings (null/``""`` = missing).
+A value of the wrong type is stored as null and reported as a schema violation
+``(feature, "wrong_type")``; an input that is not a feature is dropped and reported
+``(name, "unknown_feature")``. Only an undecodable event is an error (:class:`EventError`,
+HTTP 400): no id, an unknown type, a malformed body or payload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from cloudevents import exceptions as ce_exceptions
+from cloudevents.http import from_http
+
+from kfloop.core.errors import DataError
+
+try:  # orjson comes with kserve; json is the fallback
+    import orjson
+
+    def _loads(raw: bytes | str) -> Any:
+        return orjson.loads(raw)
+
+except ImportError:  # pragma: no cover - orjson is installed with the serving extra
+
+    def _loads(raw: bytes | str) -> Any:
+        return json.loads(raw)
+
+
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+# Extension attributes the KServe agent sets (pkg/logger/worker.go).
+INFERENCE_SERVICE_ATTR = "inferenceservicename"
+NAMESPACE_ATTR = "namespace"
+COMPONENT_ATTR = "component"
+ENDPOINT_ATTR = "endpoint"
+METADATA_ATTR = "metadata"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+PREDICTION_OUTPUT = "prediction"
+
+Kind = Literal["request", "response"]
+_KINDS: dict[str, Kind] = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
+
+
+class EventError(DataError):
+    """An event that cannot be logged; ``reason`` is a short metric label, ``status`` HTTP."""
+
+    def __init__(self, reason: str, message: str, status: int = 400) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class InferenceEvent:
+    """One parsed CloudEvent of the KServe payload logger."""
+
+    id: str
+    kind: Kind
+    source: str
+    time: datetime | None
+    data: Any
+    inference_service: str | None = None
+    namespace: str | None = None
+    component: str | None = None
+    endpoint: str | None = None
+
+
+def _parse_time(raw: Any) -> datetime | None:
+    if not raw:
+        return None
+    if isinstance(raw, datetime):
+        return raw
+    try:
+        return datetime.fromisoformat(str(raw))
+    except ValueError:
+        return None
+
+
+def _binary_attributes(lower: Mapping[str, str]) -> dict[str, str]:
+    """Attributes of a binary-mode event: the ``ce-*`` headers (HTTP binding of CloudEvents
+    1.0, values as they are, as the SDK reads them), checked like the SDK checks them."""
+    attrs = {k[3:]: v for k, v in lower.items() if k.startswith("ce-")}
+    if attrs.get("specversion") != "1.0":
+        raise EventError(
+            "bad_event", f"not a valid CloudEvent: specversion {attrs.get('specversion')!r}"
+        )
+    missing = [a for a in ("id", "source", "type") if not attrs.get(a)]
+    if missing:
+        raise EventError("bad_event", f"not a valid CloudEvent: missing {missing}")
+    return attrs
+
+
+def parse_cloudevent(
+    headers: Mapping[str, str], body: bytes | str, use_sdk: bool = False
+) -> InferenceEvent:
+    """Parse one HTTP-delivered CloudEvent (binary or structured mode).
+
+    Structured mode always goes through the SDK's ``from_http``. Binary mode (what the KServe
+    agent sends) reads the ``ce-*`` headers directly by default: the same attributes as
+    ``from_http`` (a test holds them equal) at a fifth of its cost, which is most of the
+    logger's per-event budget; ``use_sdk=True`` parses binary mode with ``from_http`` too.
+
+    Args:
+        headers: HTTP request headers (any case).
+        body: the raw HTTP body.
+        use_sdk: parse binary mode with the SDK as well.
+
+    Raises:
+        EventError: ``no_id`` (no or empty ``ce-id`` / ``id``), ``bad_event`` (not a
+            CloudEvent: no specversion/type/source, a malformed structured body),
+            ``unknown_type`` (not an inference request or response), ``bad_payload`` (the
+            data is not JSON).
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    binary = "ce-specversion" in lower
+    if binary:
+        if not (lower.get("ce-id") or "").strip():
+            raise EventError(
+                "no_id",
+                "CloudEvent has no ce-id header; the KServe agent sets it to the request id, "
+                "which pairs a request with its response",
+            )
+    else:
+        content_type = (lower.get("content-type") or "").split(";")[0].strip().lower()
+        if content_type != STRUCTURED_CONTENT_TYPE:
+            raise EventError(
+                "bad_event",
+                f"not a CloudEvent: no ce-specversion header (binary mode) and content type "
+                f"{content_type or 'none'!r} is not {STRUCTURED_CONTENT_TYPE} (structured mode)",
+            )
+        try:
+            envelope = _loads(body)
+        except ValueError as exc:
+            raise EventError("bad_event", f"structured CloudEvent is not JSON: {exc}") from None
+        if not isinstance(envelope, dict):
+            raise EventError("bad_event", "structured CloudEvent must be a JSON object")
+        if not str(envelope.get("id") or "").strip():
+            raise EventError("no_id", "structured CloudEvent has no 'id'")
+    if binary and not use_sdk:
+        attrs: dict[str, Any] = _binary_attributes(lower)
+        data: Any = body
+    else:
+        try:
+            event = from_http(lower, body, data_unmarshaller=lambda raw: raw)
+        except ce_exceptions.GenericException as exc:
+            raise EventError("bad_event", f"not a valid CloudEvent: {exc}") from None
+        attrs = dict(event.get_attributes())
+        data = event.get_data()
+    ce_type = str(attrs.get("type") or "")
+    kind = _KINDS.get(ce_type)
+    if kind is None:
+        raise EventError(
+            "unknown_type",
+            f"CloudEvent type {ce_type!r} is neither {REQUEST_TYPE!r} nor {RESPONSE_TYPE!r}",
+        )
+    if isinstance(data, (bytes, bytearray, str)):
+        if not data:
+            data = None
+        else:
+            try:
+                data = _loads(bytes(data) if isinstance(data, bytearray) else data)
+            except ValueError as exc:
+                raise EventError(
+                    "bad_payload", f"event {attrs['id']}: {kind} data is not JSON: {exc}"
+                ) from None
+    return InferenceEvent(
+        id=str(attrs["id"]).strip(),
+        kind=kind,
+        source=str(attrs.get("source") or ""),
+        time=_parse_time(attrs.get("time")),
+        data=data,
+        inference_service=_opt(attrs.get(INFERENCE_SERVICE_ATTR)),
+        namespace=_opt(attrs.get(NAMESPACE_ATTR)),
+        component=_opt(attrs.get(COMPONENT_ATTR)),
+        endpoint=_opt(attrs.get(ENDPOINT_ATTR)),
+    )
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+# -- payload decoding -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """The logged features: names in the model's input order and their kinds."""
+
+    names: tuple[str, ...]
+    kinds: Mapping[str, str]  # "numeric" | "categorical"
+
+    def __post_init__(self) -> None:
+        for name in self.names:
+            if self.kinds.get(name) not in ("numeric", "categorical"):
+                raise DataError(
+                    f"feature {name!r}: kind {self.kinds.get(name)!r} is not numeric or categorical"
+                )
+
+    @classmethod
+    def from_profile(
+        cls, profile: Mapping[str, Any], order: Sequence[str] | None = None
+    ) -> FeatureSchema:
+        """Schema of a reference profile; ``order`` (the model's inputs) sets the order.
+
+        Without ``order``: the profile's numeric features, then its categorical ones.
+        """
+        kinds = {n: "numeric" for n in profile.get("numeric", {})}
+        kinds.update({n: "categorical" for n in profile.get("categorical", {})})
+        names = list(order) if order else list(kinds)
+        unknown = [n for n in names if n not in kinds]
+        if unknown:
+            raise DataError(
+                f"model inputs {unknown} are not in the reference profile (features: "
+                f"{sorted(kinds)}); use the profile written with this model"
+            )
+        names += [n for n in kinds if n not in names]
+        return cls(tuple(names), kinds)
+
+
+Violation = tuple[str, str]
+
+
+class _Checker:
+    """Per-kind value checks; collects schema violations."""
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.schema = schema
+        self.index = {n: i for i, n in enumerate(schema.names)}
+        self.numeric = [schema.kinds[n] == "numeric" for n in schema.names]
+        self.violations: list[Violation] = []
+
+    def value(self, i: int, v: Any) -> Any:
+        if isinstance(v, list) and len(v) == 1:
+            v = v[0]
+        if v is None:
+            return None
+        if self.numeric[i]:
+            if isinstance(v, float):
+                return v
+            if isinstance(v, (int, bool)):
+                return float(v)
+        elif isinstance(v, str):
+            return v or None
+        self.violations.append((self.schema.names[i], "wrong_type"))
+        return None
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    out: list[Any] = []
+    stack: list[Iterator[Any]] = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+@dataclass
+class DecodedRequest:
+    """Rows (values in schema order) and the schema violations found."""
+
+    rows: list[list[Any]]
+    violations: list[Violation] = field(default_factory=list)
+
+
+def decode_request(data: Any, schema: FeatureSchema, event_id: str = "?") -> DecodedRequest:
+    """Decode a v1 or v2 request payload into rows of feature values (schema order).
+
+    Raises:
+        EventError: ``bad_payload``: neither v1 nor v2, rows of the wrong length, tensors of
+            different batch sizes, a shape that does not match its data.
+    """
+    where = f"request event {event_id}"
+    if not isinstance(data, dict):
+        raise EventError("bad_payload", f"{where}: payload must be a JSON object")
+    check = _Checker(schema)
+    width = len(schema.names)
+    rows: list[list[Any]]
+    if "instances" in data:
+        instances = data["instances"]
+        if not isinstance(instances, list):
+            raise EventError("bad_payload", f"{where}: 'instances' must be a list")
+        rows = []
+        for n, inst in enumerate(instances):
+            row: list[Any] = [None] * width
+            if isinstance(inst, dict):
+                for name, v in inst.items():
+                    i = check.index.get(name)
+                    if i is None:
+                        check.violations.append((str(name), "unknown_feature"))
+                    else:
+                        row[i] = check.value(i, v)
+            elif isinstance(inst, list):
+                if len(inst) != width:
+                    raise EventError(
+                        "bad_payload",
+                        f"{where}: instance {n} has {len(inst)} values; the model takes "
+                        f"{width} features {list(schema.names)}",
+                    )
+                row = [check.value(i, v) for i, v in enumerate(inst)]
+            else:
+                raise EventError(
+                    "bad_payload", f"{where}: instance {n} must be an object or a list"
+                )
+            rows.append(row)
+    elif isinstance(data.get("inputs"), dict):  # v1 columnar
+        rows = _columns_to_rows({k: _flatten(v) for k, v in data["inputs"].items()}, check, where)
+    elif isinstance(data.get("inputs"), list):
+        rows = _decode_v2_inputs(data["inputs"], check, where)
+    else:
+        raise EventError(
+            "bad_payload",
+            f"{where}: payload has neither 'instances' (KServe v1) nor 'inputs' (v2); keys: "
+            f"{sorted(data)[:10]}",
+        )
+    return DecodedRequest(rows, check.violations)
+
+
+def _columns_to_rows(columns: dict[str, list[Any]], check: _Checker, where: str) -> list[list[Any]]:
+    width = len(check.schema.names)
+    n: int | None = None
+    known: list[tuple[int, list[Any]]] = []
+    for name, values in columns.items():
+        i = check.index.get(name)
+        if i is None:
+            check.violations.append((str(name), "unknown_feature"))
+            continue
+        if n is None:
+            n = len(values)
+        elif len(values) != n:
+            raise EventError(
+                "bad_payload",
+                f"{where}: input {name!r} has {len(values)} rows, others have {n}",
+            )
+        known.append((i, values))
+    rows = [[None] * width for _ in range(n or 0)]
+    for i, values in known:
+        for r, v in enumerate(values):
+            rows[r][i] = check.value(i, v)
+    return rows
+
+
+def _decode_v2_inputs(inputs: list[Any], check: _Checker, where: str) -> list[list[Any]]:
+    width = len(check.schema.names)
+    columns: dict[str, list[Any]] = {}
+    for t in inputs:
+        if not isinstance(t, dict) or "name" not in t or "data" not in t:
+            raise EventError(
+                "bad_payload", f"{where}: each v2 input needs 'name', 'shape', 'datatype', 'data'"
+            )
+        name = str(t["name"])
+        data = _flatten(t["data"])
+        shape = t.get("shape") or [len(data)]
+        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+            raise EventError("bad_payload", f"{where}: input {name!r} has a bad shape {shape!r}")
+        size = math.prod(shape)
+        if size != len(data):
+            raise EventError(
+                "bad_payload",
+                f"{where}: input {name!r} has shape {shape} ({size} values) but {len(data)} "
+                "values in data",
+            )
+        inner = math.prod(shape[1:]) if len(shape) > 1 else 1
+        if name not in check.index and inner == width and width > 1:
+            # one [N, F] tensor: the features in the model's input order
+            rows_n = shape[0]
+            for i, fname in enumerate(check.schema.names):
+                columns[fname] = data[i::width] if rows_n else []
+            continue
+        if inner != 1 and name in check.index:
+            raise EventError(
+                "bad_payload",
+                f"{where}: input {name!r} has shape {shape}; a feature is [N, 1] or [N]",
+            )
+        columns[name] = data
+    return _columns_to_rows(columns, check, where)
+
+
+@dataclass
+class DecodedResponse:
+    """Predictions per row (``None`` where missing) and the violations found."""
+
+    predictions: list[float | None]
+    violations: list[Violation] = field(default_factory=list)
+
+
+def _prediction(v: Any, violations: list[Violation]) -> float | None:
+    if isinstance(v, list) and len(v) == 1:
+        v = v[0]
+    if v is None:
+        return None
+    if isinstance(v, (float, int)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, bool):
+        return float(v)
+    violations.append((PREDICTION_OUTPUT, "wrong_type"))
+    return None
+
+
+def decode_response(data: Any, event_id: str = "?") -> DecodedResponse:
+    """Decode a v1 or v2 response payload into one prediction per row.
+
+    A response without predictions (an error answer such as ``{"error": ...}``) gives no
+    prediction: the paired rows get null. Multi-output predictions (``[N, K]``, K > 1) are
+    not a single number: null, with a ``(prediction, wrong_shape)`` violation.
+
+    Raises:
+        EventError: ``bad_payload``: predictions/outputs of the wrong JSON type.
+    """
+    where = f"response event {event_id}"
+    violations: list[Violation] = []
+    if not isinstance(data, dict):
+        return DecodedResponse([], [(PREDICTION_OUTPUT, "no_prediction")])
+    if "predictions" in data:
+        preds = data["predictions"]
+        if not isinstance(preds, list):
+            raise EventError("bad_payload", f"{where}: 'predictions' must be a list")
+        out: list[float | None] = []
+        for p in preds:
+            if isinstance(p, list) and len(p) > 1:
+                violations.append((PREDICTION_OUTPUT, "wrong_shape"))
+                out.append(None)
+            else:
+                out.append(_prediction(p, violations))
+        return DecodedResponse(out, violations)
+    if isinstance(data.get("outputs"), list):
+        outputs = [o for o in data["outputs"] if isinstance(o, dict)]
+        if not outputs:
+            raise EventError("bad_payload", f"{where}: 'outputs' has no tensor")
+        chosen = next((o for o in outputs if o.get("name") == PREDICTION_OUTPUT), outputs[0])
+        values = _flatten(chosen.get("data", []))
+        shape = chosen.get("shape") or [len(values)]
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) for d in shape):
+            raise EventError("bad_payload", f"{where}: output has a bad shape {shape!r}")
+        inner = math.prod(shape[1:]) if len(shape) > 1 else 1
+        if inner != 1:
+            return DecodedResponse([None] * shape[0], [(PREDICTION_OUTPUT, "wrong_shape")])
+        return DecodedResponse([_prediction(v, violations) for v in values], violations)
+    return DecodedResponse([], [(PREDICTION_OUTPUT, "no_prediction")])
+
+
+# -- pairing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One logged row: the Parquet contract's columns (model name/version added on write)."""
+
+    request_id: str
+    timestamp_us: int  # microseconds since the epoch, UTC
+    endpoint: str | None
+    features: list[Any] | None  # schema order; None for a response whose request is lost
+    prediction: float | None
+
+
+@dataclass
+class _Pending:
+    event: InferenceEvent
+    arrived: float  # caller's monotonic clock
+    wall: float  # epoch seconds at arrival (the row time when the event has none)
+    rows: list[list[Any]] | None = None
+    predictions: list[float | None] | None = None
+
+    @property
+    def size(self) -> int:
+        if self.rows is not None:
+            return max(len(self.rows), 1)
+        return max(len(self.predictions or []), 1)
+
+
+@dataclass
+class AddResult:
+    """What :meth:`EventPairer.add` did with one event."""
+
+    status: Literal["pending", "paired", "duplicate", "late"]
+    rows: list[LogRow] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+
+
+@dataclass
+class Orphans:
+    """Rows written for half-pairs: requests with no response, responses with no request."""
+
+    rows: list[LogRow] = field(default_factory=list)
+    requests: int = 0
+    responses: int = 0
+
+
+def _epoch_us(t: datetime | None, fallback_s: float) -> int:
+    if t is None:
+        return int(fallback_s * 1_000_000)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+class EventPairer:
+    """Pairs request and response events by id; yields rows when both halves are in.
+
+    Args:
+        schema: The logged features.
+        hold_seconds: How long a half-pair waits for its other half before
+            :meth:`expire` writes it alone (features or prediction null) as an orphan.
+        dedupe_ids: How many completed ids are remembered to drop agent retries.
+    """
+
+    def __init__(self, schema: FeatureSchema, hold_seconds: float, dedupe_ids: int = 100_000):
+        self.schema = schema
+        self.hold_seconds = hold_seconds
+        self.dedupe_ids = dedupe_ids
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        # completed ids -> None (paired) or the kind that was written alone (orphan)
+        self._done: OrderedDict[str, Kind | None] = OrderedDict()
+        self._pending_rows = 0
+
+    @property
+    def pending_events(self) -> int:
+        """Half-pairs waiting for their other half."""
+        return len(self._pending)
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows held by half-pairs (what they will write)."""
+        return self._pending_rows
+
+    def _remember(self, event_id: str, orphan: Kind | None = None) -> None:
+        self._done[event_id] = orphan
+        if len(self._done) > self.dedupe_ids:
+            self._done.popitem(last=False)
+
+    def add(self, event: InferenceEvent, now: float, wall: float) -> AddResult:
+        """Add one event; ``now`` is a monotonic clock, ``wall`` epoch seconds (fallback time).
+
+        Raises:
+            EventError: the payload cannot be decoded (``bad_payload``).
+        """
+        eid = event.id
+        if eid in self._done:
+            orphan = self._done[eid]
+            late = orphan is not None and orphan != event.kind
+            return AddResult("late" if late else "duplicate")
+        other = self._pending.get(eid)
+        if other is not None and other.event.kind == event.kind:
+            return AddResult("duplicate")
+        if event.kind == "request":
+            decoded = decode_request(event.data, self.schema, eid)
+            if other is None:
+                p = _Pending(event, now, wall, rows=decoded.rows)
+                self._pending[eid] = p
+                self._pending_rows += p.size
+                return AddResult("pending", violations=decoded.violations)
+            request, rows, req_wall = event, decoded.rows, wall
+            preds = other.predictions or []
+            violations = decoded.violations
+        else:
+            dresp = decode_response(event.data, eid)
+            if other is None:
+                p = _Pending(event, now, wall, predictions=dresp.predictions)
+                self._pending[eid] = p
+                self._pending_rows += p.size
+                return AddResult("pending", violations=dresp.violations)
+            request, rows, preds = other.event, other.rows or [], dresp.predictions
+            req_wall = other.wall
+            violations = dresp.violations
+        del self._pending[eid]
+        self._pending_rows -= other.size
+        self._remember(eid)
+        if preds and len(preds) != len(rows):
+            violations = [*violations, (PREDICTION_OUTPUT, "row_count_mismatch")]
+        ts = _epoch_us(request.time, req_wall)
+        return AddResult("paired", self._rows(eid, ts, request.endpoint, rows, preds), violations)
+
+    @staticmethod
+    def _rows(
+        eid: str,
+        ts: int,
+        endpoint: str | None,
+        rows: Sequence[list[Any] | None],
+        preds: Sequence[float | None],
+    ) -> list[LogRow]:
+        n = len(rows)
+        if n == 0:
+            return []
+        if n == 1:
+            return [LogRow(eid, ts, endpoint, rows[0], preds[0] if preds else None)]
+        return [
+            LogRow(f"{eid}:{i}", ts, endpoint, r, preds[i] if i < len(preds) else None)
+            for i, r in enumerate(rows)
+        ]
+
+    def _orphan_rows(self, eid: str, p: _Pending) -> list[LogRow]:
+        ts = _epoch_us(p.event.time, p.wall)
+        if p.event.kind == "request":
+            return self._rows(eid, ts, p.event.endpoint, p.rows or [], [])
+        preds = p.predictions or [None]
+        return self._rows(eid, ts, p.event.endpoint, [None] * len(preds), preds)
+
+    def expire(self, now: float, everything: bool = False) -> Orphans:
+        """Write out half-pairs older than ``hold_seconds`` (all of them with ``everything``)."""
+        out = Orphans()
+        while self._pending:
+            eid, p = next(iter(self._pending.items()))
+            if not everything and now - p.arrived < self.hold_seconds:
+                break
+            del self._pending[eid]
+            self._pending_rows -= p.size
+            self._remember(eid, orphan=p.event.kind)
+            out.rows.extend(self._orphan_rows(eid, p))
+            if p.event.kind == "request":
+                out.requests += 1
+            else:
+                out.responses += 1
+        return out

@@ -1,0 +1,577 @@
+"""The kfloop predictor: a ``kserve.Model`` running ONNX Runtime on a packaged model.
+
+The model folder is what ``package_onnx`` writes and ``publish_model`` uploads (``model.onnx``
++ ``metadata.json``), laid out as KServe's storage initializer gives it to a predictor: the
+files directly in the folder. ``--model-uri`` is that folder or an ``s3://`` prefix, downloaded
+with :class:`kfloop.core.objectstore.ObjectStore` and :meth:`Settings.from_env` (the
+``S3_ENDPOINT``/``AWS_*`` variables KServe uses).
+
+Protocols (all served by one ``kserve.ModelServer`` process):
+
+- KServe v1 ``POST /v1/models/<name>:predict`` ``{"instances": rows}``; a row is an object of
+  named features or a list in signature order. Answer ``{"predictions": [p, ...]}``.
+- Open Inference Protocol v2 REST ``POST /v2/models/<name>/infer``: one tensor per feature,
+  ``FP32`` numeric / ``BYTES`` categorical, shape ``[N]`` or ``[N, 1]``; the binary tensor
+  extension (``Inference-Header-Content-Length``) in and out. Output ``prediction`` ``FP32``
+  ``[N, 1]``.
+- v2 gRPC ``ModelInfer`` (``--grpc-port``; 0 switches gRPC off), raw contents included.
+
+Every input is checked against the signature (:mod:`kfloop.serving.signature`): a bad request
+is KServe's ``InvalidInput`` (HTTP 400, gRPC ``INVALID_ARGUMENT``) naming the input; a body
+above ``--max-body-bytes`` is HTTP 413 (gRPC ``RESOURCE_EXHAUSTED``). Concurrent requests are
+merged by :class:`kfloop.serving.batcher.DynamicBatcher`. Each answered inference enqueues
+request/response CloudEvents (:mod:`kfloop.serving.payload_events`) when ``--logger-url`` is
+set. Prometheus metrics (``kfloop_predictor_*``) join KServe's on ``/metrics``; readiness and
+liveness are KServe's (``/v2/health/ready``, ``/v2/health/live``, ``/v1/models/<name>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kserve
+import numpy as np
+import onnxruntime as ort
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from prometheus_client import Counter, Histogram
+
+from kfloop.core.errors import ConfigError, DataError, KfloopError
+from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
+from kfloop.core.settings import Settings
+from kfloop.serving.batcher import DynamicBatcher
+from kfloop.serving.payload_events import EventIdentity, PayloadEmitter, v2_json_inputs
+from kfloop.serving.signature import (
+    DEFAULT_MAX_ROWS,
+    Signature,
+    SignatureError,
+    TensorHeader,
+    check_v2_headers,
+    v1_columns,
+    v2_column,
+)
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_GRPC_PORT = 8081
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_WAIT_MS = 1.0
+
+REQUESTS = Counter(
+    "kfloop_predictor_requests_total",
+    "Inference requests by protocol (v1, v2, grpc) and outcome (ok, invalid, error).",
+    ["model", "protocol", "status"],
+)
+LATENCY = Histogram(
+    "kfloop_predictor_request_seconds",
+    "Time in the predictor per request: validation, batching wait, ONNX Runtime, response.",
+    ["model", "protocol"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+REQUEST_ROWS = Histogram(
+    "kfloop_predictor_request_rows",
+    "Rows per inference request.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+BATCH_ROWS = Histogram(
+    "kfloop_predictor_batch_rows",
+    "Rows per ONNX Runtime call after dynamic batching.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+BATCH_REQUESTS = Histogram(
+    "kfloop_predictor_batch_requests",
+    "Requests merged into one ONNX Runtime call.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+ORT_SECONDS = Histogram(
+    "kfloop_predictor_onnxruntime_seconds",
+    "Time of one ONNX Runtime call (one merged batch).",
+    ["model"],
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+
+
+class ModelLoadError(KfloopError):
+    """The model folder or URI cannot be served (names the file or URI)."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Predictor limits and payload-logging settings."""
+
+    max_rows_per_request: int = DEFAULT_MAX_ROWS
+    max_batch_rows: int = 1024
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allow_inf: bool = False
+    logger_url: str = ""
+    logger_queue_size: int = 10_000
+    inference_service: str = ""
+    namespace: str = "default"
+    component: str = "predictor"
+    endpoint: str = "default"
+    logger_source: str = ""
+    intra_op_threads: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming a bad option."""
+        for name in ("max_rows_per_request", "max_batch_rows", "max_body_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"must be an integer >= 1, got {value!r}")
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise ConfigError("max_wait_ms", f"must be in [0, 1000], got {self.max_wait_ms!r}")
+        if self.intra_op_threads < 0:
+            raise ConfigError("intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def fetch_model(uri: str, workdir: Path, settings: Settings | None = None) -> Path:
+    """The local folder holding ``model.onnx`` and ``metadata.json`` for ``uri``.
+
+    A local path is used as is; an ``s3://`` prefix is downloaded into ``workdir``.
+
+    Raises:
+        ModelLoadError: the folder or prefix does not hold a packaged model.
+        ConfigError: S3 settings missing or invalid (naming the variable).
+        ObjectStoreError: the store refused the credentials (naming the variables) or is down.
+    """
+    if is_s3_uri(uri):
+        prefix = S3Uri.parse(uri, "model_uri")
+        store = ObjectStore(settings or Settings.from_env())
+        target = workdir / "model"
+        target.mkdir(parents=True, exist_ok=True)
+        key = prefix.key.rstrip("/")
+        for name in (ONNX_FILE, METADATA_FILE):
+            obj = S3Uri(prefix.bucket, f"{key}/{name}" if key else name)
+            if not store.exists(obj):
+                raise ModelLoadError(
+                    f"--model-uri {uri}: no {name} at {obj}; point it at a published model "
+                    "version (s3://<models-bucket>/<model>/<version>/)"
+                )
+        store.get_dir(S3Uri(prefix.bucket, key), target)
+        return target
+    folder = Path(uri).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"--model-uri {uri}: no such folder; give the folder package_onnx wrote (with "
+            f"{ONNX_FILE} and {METADATA_FILE}) or an s3:// URI"
+        )
+    missing = [n for n in (ONNX_FILE, METADATA_FILE) if not (folder / n).is_file()]
+    if missing:
+        raise ModelLoadError(f"--model-uri {uri}: the folder has no {' or '.join(missing)}")
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+
+def _request_id(headers: MutableMapping[str, str] | None, body_id: str | None) -> str:
+    if headers:
+        for key in ("ce-id", "x-request-id"):
+            value = headers.get(key)
+            if value:
+                return str(value)
+    return body_id or str(uuid.uuid4())
+
+
+class OnnxPredictor(kserve.Model):
+    """Serve one packaged kfloop model with ONNX Runtime."""
+
+    def __init__(self, name: str, model_dir: str | Path, options: ServeOptions | None = None):
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.options = options or ServeOptions()
+        self.options.check()
+        self.metadata: dict[str, Any] = {}
+        self.signature: Signature | None = None
+        self.session: ort.InferenceSession | None = None
+        self.batcher: DynamicBatcher | None = None
+        identity = EventIdentity(
+            inference_service=self.options.inference_service or name,
+            namespace=self.options.namespace,
+            component=self.options.component,
+            endpoint=self.options.endpoint,
+            source=self.options.logger_source or f"http://localhost:{DEFAULT_HTTP_PORT}/",
+        )
+        self.emitter = PayloadEmitter(
+            self.options.logger_url, identity, queue_size=self.options.logger_queue_size
+        )
+
+    # kserve hooks ----------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Read metadata, check the ONNX file against it, open the ONNX Runtime session.
+
+        Raises:
+            ModelLoadError: naming the file and what is wrong with it.
+        """
+        onnx_path = self.model_dir / ONNX_FILE
+        meta_path = self.model_dir / METADATA_FILE
+        try:
+            self.metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+            signature = Signature.from_metadata(self.metadata, str(meta_path))
+        except (OSError, json.JSONDecodeError, DataError) as exc:
+            raise ModelLoadError(f"{meta_path}: cannot read the model metadata: {exc}") from None
+        if not onnx_path.is_file():
+            raise ModelLoadError(f"{onnx_path}: no such file")
+        want = self.metadata.get("sha256")
+        if want and _sha256(onnx_path) != want:
+            raise ModelLoadError(
+                f"{onnx_path}: SHA-256 does not match metadata.json's 'sha256'; the folder "
+                "mixes files of different model versions"
+            )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.options.intra_op_threads:
+            options.intra_op_num_threads = self.options.intra_op_threads
+        try:
+            session = ort.InferenceSession(
+                str(onnx_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own pybind error types
+            raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot load it: {exc}") from None
+        graph = {i.name: i.type for i in session.get_inputs()}
+        for spec in signature.inputs:
+            if graph.get(spec.name) != spec.onnx_type:
+                raise ModelLoadError(
+                    f"{meta_path}: input {spec.name!r} is {spec.onnx_type} in the metadata but "
+                    f"{graph.get(spec.name, 'absent')} in {onnx_path.name}"
+                )
+        if set(graph) != set(signature.names):
+            raise ModelLoadError(
+                f"{onnx_path}: graph inputs {sorted(graph)} differ from the metadata's "
+                f"{sorted(signature.names)}"
+            )
+        self.signature = signature
+        self.session = session
+        self.batcher = DynamicBatcher(
+            self._run,
+            max_batch_rows=self.options.max_batch_rows,
+            max_wait_ms=self.options.max_wait_ms,
+            on_batch=self._on_batch,
+        )
+        self.ready = True
+        log.info(
+            "loaded %s (%s %s, %d inputs) from %s",
+            self.name,
+            self.metadata.get("model_name", "?"),
+            self.metadata.get("version", "?"),
+            len(signature.inputs),
+            self.model_dir,
+        )
+        return True
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        if self.signature is None:
+            return []
+        return [
+            {"name": i.name, "datatype": i.datatype, "shape": [-1, 1]}
+            for i in self.signature.inputs
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        if self.signature is None:
+            return []
+        return [{"name": self.signature.output, "datatype": "FP32", "shape": [-1, 1]}]
+
+    # inference -------------------------------------------------------------------------------
+
+    def _run(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        assert self.session is not None and self.signature is not None
+        out = self.session.run([self.signature.output], columns)[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1, 1)
+
+    def _on_batch(self, rows: int, requests: int, seconds: float) -> None:
+        BATCH_ROWS.labels(self.name).observe(rows)
+        BATCH_REQUESTS.labels(self.name).observe(requests)
+        ORT_SECONDS.labels(self.name).observe(seconds)
+
+    def _v2_columns(self, request: InferRequest) -> tuple[dict[str, np.ndarray], int]:
+        assert self.signature is not None
+        headers = [
+            TensorHeader(i.name, str(i.datatype).upper(), list(i.shape)) for i in request.inputs
+        ]
+        rows = check_v2_headers(self.signature, headers, max_rows=self.options.max_rows_per_request)
+        columns: dict[str, np.ndarray] = {}
+        for infer_input in request.inputs:
+            spec = self.signature.input(infer_input.name)
+            assert spec is not None
+            try:
+                values = infer_input.as_numpy()
+            except (ValueError, TypeError, InvalidInput) as exc:
+                raise SignatureError(
+                    infer_input.name,
+                    f"data does not fit datatype {infer_input.datatype} and shape "
+                    f"{list(infer_input.shape)}: {str(exc)[:160]}",
+                ) from None
+            columns[spec.name] = v2_column(spec, values, rows, allow_inf=self.options.allow_inf)
+        # ONNX Runtime takes the inputs by name; keep the signature's order for logging.
+        return {name: columns[name] for name in self.signature.names}, rows
+
+    async def predict(
+        self,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        if self.signature is None or self.batcher is None:
+            raise InferenceError(f"model {self.name} is not loaded")
+        started = time.perf_counter()
+        protocol = "v1"
+        try:
+            if isinstance(payload, InferRequest):
+                protocol = "grpc" if payload.from_grpc else "v2"
+                columns, rows = self._v2_columns(payload)
+            elif isinstance(payload, dict):
+                columns = v1_columns(
+                    self.signature,
+                    payload,
+                    max_rows=self.options.max_rows_per_request,
+                    allow_inf=self.options.allow_inf,
+                )
+                rows = next(iter(columns.values())).shape[0]
+            elif isinstance(payload, bytes | str):
+                raise SignatureError(
+                    "",
+                    "the body is not JSON: send it with content-type application/json "
+                    '({"instances": [...]})',
+                )
+            else:
+                raise SignatureError("", f"unsupported request body {type(payload).__name__}")
+        except SignatureError as exc:
+            REQUESTS.labels(self.name, protocol, "invalid").inc()
+            raise InvalidInput(str(exc)) from None
+        REQUEST_ROWS.labels(self.name).observe(rows)
+        try:
+            predictions = await self.batcher.predict(columns)
+        except Exception as exc:  # ONNX Runtime's own error types; the caller gets a 500
+            REQUESTS.labels(self.name, protocol, "error").inc()
+            log.error("ONNX Runtime failed on a batch holding a %d-row request: %s", rows, exc)
+            raise InferenceError(f"ONNX Runtime failed: {exc}") from None
+
+        if isinstance(payload, InferRequest):
+            request_id = _request_id(headers, payload.id)
+            output = InferOutput(name=self.signature.output, shape=[rows, 1], datatype="FP32")
+            if payload.from_grpc:
+                # kserve's to_grpc cannot take an ndarray when the request had raw contents.
+                output.set_data_from_numpy(predictions, binary_data=True)
+            else:
+                output.data = predictions
+            response: dict[str, Any] | InferResponse = InferResponse(
+                response_id=request_id,
+                model_name=self.name,
+                infer_outputs=[output],
+                use_binary_outputs=payload.use_binary_outputs,
+                requested_outputs=payload.request_outputs,
+            )
+            if self.emitter.enabled:
+                self.emitter.emit(
+                    request_id,
+                    {"id": request_id, "inputs": v2_json_inputs(columns, rows)},
+                    {
+                        "id": request_id,
+                        "model_name": self.name,
+                        "outputs": [
+                            {
+                                "name": self.signature.output,
+                                "shape": [rows, 1],
+                                "datatype": "FP32",
+                                "data": predictions.reshape(-1).tolist(),
+                            }
+                        ],
+                    },
+                )
+        else:
+            response = {"predictions": predictions.reshape(-1).tolist()}
+            if self.emitter.enabled:
+                self.emitter.emit(_request_id(headers, None), payload, response)
+        REQUESTS.labels(self.name, protocol, "ok").inc()
+        LATENCY.labels(self.name, protocol).observe(time.perf_counter() - started)
+        return response
+
+
+# -- HTTP limits -----------------------------------------------------------------------------------
+
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+class RequestGuardMiddleware:
+    """Body size limit, and the v2 rule that a body without a binary header is JSON.
+
+    - A body above ``max_bytes`` is refused: 413 when Content-Length says so, else a 400
+      (``InvalidInput``) as soon as the streamed bytes pass the limit.
+    - A v2 ``/infer`` body with no ``Inference-Header-Content-Length`` is JSON whatever its
+      content type (tritonclient sends none); KServe would take it for binary otherwise.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if (
+            scope.get("method") == "POST"
+            and str(scope.get("path", "")).endswith("/infer")
+            and b"inference-header-content-length" not in headers
+            and headers.get(b"content-type", b"").split(b";")[0].strip() != b"application/json"
+        ):
+            raw = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*raw, (b"content-type", b"application/json")]}
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            response = JSONResponse(
+                status_code=413,
+                content={
+                    "error": f"the request body has {int(length)} bytes, above the limit of "
+                    f"{self.max_bytes} (--max-body-bytes); send fewer rows per request or "
+                    "use the binary tensor extension"
+                },
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise InvalidInput(
+                        f"the request body exceeds the limit of {self.max_bytes} bytes "
+                        "(--max-body-bytes)"
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _validation_error_handler(_: Any, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a malformed v2 body, as KServe's 400 with the field named."""
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return JSONResponse(
+        status_code=400, content={"error": "invalid inference request: " + "; ".join(problems)}
+    )
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kfloop serve",
+        description="Serve a packaged kfloop model (ONNX) with KServe v1/v2 REST and v2 gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model-uri", required=True, help="model folder or s3:// URI")
+    parser.add_argument("--model-name", default="", help="endpoint name (default: metadata)")
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="0: no gRPC")
+    parser.add_argument("--logger-url", default="", help="payload logger URL; empty: off")
+    parser.add_argument("--logger-queue-size", type=int, default=10_000)
+    parser.add_argument("--logger-source", default="", help="ce-source (default: own URL)")
+    parser.add_argument("--inference-service", default="", help="ce-inferenceservicename")
+    parser.add_argument("--namespace", default="default", help="ce-namespace")
+    parser.add_argument("--max-batch-rows", type=int, default=1024)
+    parser.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS)
+    parser.add_argument("--max-rows-per-request", type=int, default=DEFAULT_MAX_ROWS)
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--allow-inf", action="store_true", help="accept +/-Inf as missing")
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="ORT threads; 0: auto")
+    return parser
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """``kfloop serve``: load the model, then run the KServe model server until stopped.
+
+    Returns a process exit code: 0 after a clean stop, 1 when the model cannot be loaded or
+    an option is wrong (the message, on stderr, names the URI, file or variable), 2 on usage.
+    """
+    args = build_parser().parse_args(argv)
+    options = ServeOptions(
+        max_rows_per_request=args.max_rows_per_request,
+        max_batch_rows=args.max_batch_rows,
+        max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        allow_inf=args.allow_inf,
+        logger_url=args.logger_url,
+        logger_queue_size=args.logger_queue_size,
+        inference_service=args.inference_service,
+        namespace=args.namespace,
+        logger_source=args.logger_source or f"http://localhost:{args.http_port}/",
+        intra_op_threads=args.intra_op_threads,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="kfloop-serve-"))
+    try:
+        options.check()
+        folder = fetch_model(args.model_uri, workdir)
+        name = args.model_name
+        if not name:
+            try:
+                name = json.loads((folder / METADATA_FILE).read_text("utf-8")).get("model_name")
+            except (OSError, json.JSONDecodeError):
+                name = ""
+            name = name or "model"
+        model = OnnxPredictor(name, folder, options)
+        model.load()
+    except KfloopError as exc:
+        print(f"kfloop serve: {exc}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 1
+
+    from kserve import model_server
+
+    # Body limits: REST by middleware, gRPC by the server's receive limit.
+    model_server.args.grpc_max_receive_message_length = options.max_body_bytes
+    model_server.app.add_middleware(RequestGuardMiddleware, max_bytes=options.max_body_bytes)
+    model_server.app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    server = kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port or DEFAULT_GRPC_PORT,
+        enable_grpc=args.grpc_port > 0,
+        workers=1,
+        enable_latency_logging=False,
+    )
+    try:
+        server.start([model])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

@@ -1,0 +1,376 @@
+"""Input validation against a packaged model's signature (``metadata.json`` ``inputs``).
+
+Pure functions, no KServe import: the predictor turns :class:`SignatureError` into KServe's
+``InvalidInput`` (HTTP 400, gRPC ``INVALID_ARGUMENT``); the tests call them without a server.
+
+The contract (``kfloop.model.package``): every input is one raw feature of shape ``[N, 1]``;
+
+- numeric features are ``tensor(float)``: v2 datatype ``FP32``; v1 JSON numbers (``true``/
+  ``false`` are 1/0, for boolean source columns); ``null`` or NaN means *missing*;
+- categorical features are ``tensor(string)``: v2 datatype ``BYTES`` (UTF-8); v1 JSON strings;
+  ``null`` means missing (sent to the model as ``""``); unseen values are allowed.
+
+Infinity policy: +/-Inf in a numeric feature is REJECTED by default (``allow_inf=False``),
+naming the input and the row. The ONNX graph would treat it as missing, but JSON cannot carry
+it, so it only arrives through binary tensors or gRPC, where it almost always means an
+upstream bug (a division by zero) that silently becoming "missing" would hide; and the drift
+monitor would see a value no training row had. Send NaN (v2) or ``null`` for a missing value.
+Pass ``allow_inf=True`` (``--allow-inf``) to accept it as missing, as the model does.
+
+Shapes: a v2 tensor may be ``[N]`` or ``[N, 1]``; every tensor of one request has the same N;
+``1 <= N <= max_rows``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kfloop.core.errors import DataError
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+FP32 = "FP32"
+BYTES = "BYTES"
+DEFAULT_MAX_ROWS = 1024
+_ONNX_TO_V2 = {"tensor(float)": FP32, "tensor(string)": BYTES}
+
+
+class SignatureError(DataError):
+    """A request does not match the model's signature. ``input`` names the feature at fault
+    (``""`` when the fault is the request as a whole)."""
+
+    def __init__(self, input_name: str, message: str) -> None:
+        self.input = input_name
+        super().__init__(f"input {input_name!r}: {message}" if input_name else message)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: a raw feature."""
+
+    name: str
+    kind: str  # NUMERIC or CATEGORICAL
+    onnx_type: str
+
+    @property
+    def datatype(self) -> str:
+        """The Open Inference Protocol datatype clients must send."""
+        return _ONNX_TO_V2[self.onnx_type]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The inputs and output of a packaged model, in the graph's input order."""
+
+    inputs: tuple[InputSpec, ...]
+    output: str
+    task: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def input(self, name: str) -> InputSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], where: str = "metadata.json") -> Signature:
+        """Read ``inputs``/``outputs`` of a ``metadata.json`` dict.
+
+        Raises:
+            DataError: naming the field of ``where`` that is missing or unsupported.
+        """
+        raw_inputs = metadata.get("inputs")
+        if not isinstance(raw_inputs, list) or not raw_inputs:
+            raise DataError(f"{where}: 'inputs' must be a non-empty list (the model signature)")
+        inputs = []
+        for i, item in enumerate(raw_inputs):
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+                raise DataError(f"{where}: inputs[{i}] must be an object with a 'name'")
+            onnx_type = item.get("onnx_type")
+            if onnx_type not in _ONNX_TO_V2:
+                raise DataError(
+                    f"{where}: inputs[{i}] ({item['name']!r}) has onnx_type {onnx_type!r}; "
+                    f"the predictor serves {sorted(_ONNX_TO_V2)}"
+                )
+            kind = item.get("kind") or (NUMERIC if onnx_type == "tensor(float)" else CATEGORICAL)
+            if kind not in (NUMERIC, CATEGORICAL):
+                raise DataError(f"{where}: inputs[{i}] ({item['name']!r}) has kind {kind!r}")
+            inputs.append(InputSpec(name=item["name"], kind=kind, onnx_type=onnx_type))
+        names = [i.name for i in inputs]
+        if len(set(names)) != len(names):
+            raise DataError(f"{where}: duplicate input names in {names}")
+        outputs = metadata.get("outputs")
+        if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], Mapping):
+            raise DataError(f"{where}: 'outputs' must be a non-empty list")
+        return cls(
+            inputs=tuple(inputs),
+            output=str(outputs[0].get("name", "prediction")),
+            task=str(metadata.get("task", "")),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Signature:
+        """Read the signature from a ``metadata.json`` file."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{p}: cannot read the model metadata: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise DataError(f"{p}: must be a JSON object")
+        return cls.from_metadata(data, str(p))
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """What a v2 request says about one input tensor before its data is decoded."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
+
+
+# -- row limits ----------------------------------------------------------------------------------
+
+
+def check_rows(rows: int, max_rows: int) -> int:
+    """``1 <= rows <= max_rows`` or :class:`SignatureError`."""
+    if rows < 1:
+        raise SignatureError("", "the request holds no rows")
+    if rows > max_rows:
+        raise SignatureError(
+            "",
+            f"the request holds {rows} rows, above the limit of {max_rows} rows per request "
+            "(--max-rows-per-request); split it into smaller batches",
+        )
+    return rows
+
+
+# -- column conversion ---------------------------------------------------------------------------
+
+
+def numeric_column(name: str, values: Any, *, allow_inf: bool = False) -> np.ndarray:
+    """Values (list or array) as float32 ``(n, 1)``; None/NaN = missing; Inf per policy."""
+    try:
+        array = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+    except (TypeError, ValueError):
+        raise SignatureError(
+            name, f"expected numbers ({FP32}) for this numeric feature, got non-numeric data"
+        ) from None
+    if not allow_inf:
+        bad = np.flatnonzero(np.isinf(array[:, 0]))
+        if bad.size:
+            raise SignatureError(
+                name,
+                f"infinite value at row {int(bad[0])} ({bad.size} row(s)); infinity is not "
+                "accepted, send NaN or null for a missing value",
+            )
+    return array
+
+
+def string_column(name: str, values: Any) -> np.ndarray:
+    """Values (str, UTF-8 bytes or None) as an object array ``(n, 1)`` of str; None -> ""."""
+    flat = np.asarray(values, dtype=object).reshape(-1)
+    out = np.empty((flat.size, 1), dtype=object)
+    for i, value in enumerate(flat):
+        if value is None:
+            out[i, 0] = ""
+        elif isinstance(value, str):
+            out[i, 0] = value
+        elif isinstance(value, bytes | np.bytes_):
+            try:
+                out[i, 0] = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise SignatureError(name, f"row {i} is not valid UTF-8") from None
+        else:
+            raise SignatureError(
+                name,
+                f"expected a string ({BYTES}) for this categorical feature at row {i}, "
+                f"got {type(value).__name__} {value!r:.40}",
+            )
+    return out
+
+
+# -- KServe v1: {"instances": [...]} -------------------------------------------------------------
+
+
+def _v1_numeric(name: str, value: Any, row: int) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    raise SignatureError(
+        name,
+        f"row {row}: expected a number for this numeric feature, got "
+        f"{type(value).__name__} {value!r:.40}",
+    )
+
+
+def _v1_string(name: str, value: Any, row: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    raise SignatureError(
+        name,
+        f"row {row}: expected a string for this categorical feature, got "
+        f"{type(value).__name__} {value!r:.40}",
+    )
+
+
+def v1_columns(
+    signature: Signature,
+    payload: Any,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    allow_inf: bool = False,
+) -> dict[str, np.ndarray]:
+    """Columns from a v1 body ``{"instances": rows}``.
+
+    A row is an object of named features (all of them, no others) or a list of values in the
+    signature's order.
+    """
+    if not isinstance(payload, Mapping):
+        raise SignatureError("", 'the body must be a JSON object {"instances": [...]}')
+    if "instances" not in payload:
+        raise SignatureError("", 'the body has no "instances" list')
+    rows = payload["instances"]
+    if not isinstance(rows, list):
+        raise SignatureError("", '"instances" must be a list of rows')
+    n = check_rows(len(rows), max_rows)
+    names = signature.names
+    cells: dict[str, list[Any]] = {name: [None] * n for name in names}
+    known = set(names)
+    for r, row in enumerate(rows):
+        if isinstance(row, Mapping):
+            unknown = [k for k in row if k not in known]
+            if unknown:
+                raise SignatureError(
+                    str(unknown[0]),
+                    f"row {r}: not an input of this model; its inputs are {', '.join(names)}",
+                )
+            for name in names:
+                if name not in row:
+                    raise SignatureError(name, f"row {r}: missing (send null for a missing value)")
+                cells[name][r] = row[name]
+        elif isinstance(row, list):
+            if len(row) != len(names):
+                raise SignatureError(
+                    "",
+                    f"row {r} has {len(row)} values; the model takes {len(names)} in this "
+                    f"order: {', '.join(names)}",
+                )
+            for name, value in zip(names, row, strict=True):
+                cells[name][r] = value
+        else:
+            raise SignatureError(
+                "", f"row {r} must be an object of named features or a list of values"
+            )
+    columns: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        values = cells[spec.name]
+        if spec.kind == NUMERIC:
+            floats = [_v1_numeric(spec.name, v, r) for r, v in enumerate(values)]
+            columns[spec.name] = numeric_column(spec.name, floats, allow_inf=allow_inf)
+        else:
+            columns[spec.name] = string_column(
+                spec.name, [_v1_string(spec.name, v, r) for r, v in enumerate(values)]
+            )
+    return columns
+
+
+# -- Open Inference Protocol v2 ------------------------------------------------------------------
+
+
+def check_v2_headers(
+    signature: Signature, tensors: Sequence[TensorHeader], *, max_rows: int = DEFAULT_MAX_ROWS
+) -> int:
+    """Check names, datatypes and shapes of the v2 input tensors; return the row count.
+
+    Run before decoding any data, so a wrong datatype is reported as such, not as a decoding
+    failure.
+    """
+    names = signature.names
+    seen: set[str] = set()
+    rows: int | None = None
+    first = ""
+    for tensor in tensors:
+        spec = signature.input(tensor.name)
+        if spec is None:
+            raise SignatureError(
+                tensor.name, f"not an input of this model; its inputs are {', '.join(names)}"
+            )
+        if tensor.name in seen:
+            raise SignatureError(tensor.name, "sent twice")
+        seen.add(tensor.name)
+        if tensor.datatype != spec.datatype:
+            raise SignatureError(
+                tensor.name,
+                f"datatype {tensor.datatype} is wrong; this {spec.kind} feature takes "
+                f"{spec.datatype}",
+            )
+        shape = list(tensor.shape)
+        if (
+            len(shape) not in (1, 2)
+            or (len(shape) == 2 and shape[1] != 1)
+            or any(not isinstance(d, int) or d < 0 for d in shape)
+        ):
+            raise SignatureError(
+                tensor.name, f"shape {shape} is wrong; send [N] or [N, 1] (one value per row)"
+            )
+        if rows is None:
+            rows, first = shape[0], tensor.name
+        elif shape[0] != rows:
+            raise SignatureError(
+                tensor.name, f"has {shape[0]} rows but {first!r} has {rows}; send equal rows"
+            )
+    missing = [name for name in names if name not in seen]
+    if missing:
+        raise SignatureError(
+            missing[0],
+            f"missing; the request must hold one tensor per input ({len(missing)} missing: "
+            f"{', '.join(missing)})",
+        )
+    return check_rows(rows or 0, max_rows)
+
+
+def v2_column(spec: InputSpec, values: Any, rows: int, *, allow_inf: bool = False) -> np.ndarray:
+    """One decoded v2 tensor as a model column ``(rows, 1)``."""
+    column = (
+        numeric_column(spec.name, values, allow_inf=allow_inf)
+        if spec.kind == NUMERIC
+        else string_column(spec.name, values)
+    )
+    if column.shape[0] != rows:
+        raise SignatureError(
+            spec.name, f"holds {column.shape[0]} values but its shape says {rows} rows"
+        )
+    return column
+
+
+def merge_columns(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate requests' columns (same keys) along the rows."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+
+
+def row_count(columns: Mapping[str, np.ndarray]) -> int:
+    """Rows of a column dict (0 when empty)."""
+    for column in columns.values():
+        return int(column.shape[0])
+    return 0

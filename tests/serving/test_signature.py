@@ -1,0 +1,298 @@
+"""Pure logic, no server: signature checks, the dynamic batcher, the CloudEvents emitter.
+
+No kserve import here (see test_clients.py: tritonclient.grpc shares this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kfloop.core.errors import ConfigError
+from kfloop.serving.batcher import DynamicBatcher
+from kfloop.serving.payload_events import (
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    EventIdentity,
+    PayloadEmitter,
+    event_headers,
+)
+from kfloop.serving.signature import (
+    Signature,
+    SignatureError,
+    TensorHeader,
+    check_v2_headers,
+    v1_columns,
+    v2_column,
+)
+from tests.serving.conftest import BuiltModel, EventReceiver, columns_of
+
+METADATA = {
+    "task": "binary_classification",
+    "inputs": [
+        {"name": "age", "onnx_type": "tensor(float)", "shape": ["N", 1], "kind": "numeric"},
+        {"name": "plan", "onnx_type": "tensor(string)", "shape": ["N", 1], "kind": "categorical"},
+    ],
+    "outputs": [{"name": "prediction", "onnx_type": "tensor(float)", "shape": ["N", 1]}],
+}
+SIG = Signature.from_metadata(METADATA)
+
+
+def test_signature_from_metadata() -> None:
+    assert SIG.names == ["age", "plan"]
+    assert [i.datatype for i in SIG.inputs] == ["FP32", "BYTES"]
+    assert SIG.output == "prediction"
+
+
+def test_signature_from_the_real_package(built_model: BuiltModel) -> None:
+    sig = Signature.load(built_model.package / "metadata.json")
+    assert sig.names == built_model.names
+
+
+def test_v1_named_and_list_rows_give_the_same_columns() -> None:
+    named = v1_columns(SIG, {"instances": [{"age": 3, "plan": "a"}, {"age": None, "plan": None}]})
+    listed = v1_columns(SIG, {"instances": [[3, "a"], [None, None]]})
+    for cols in (named, listed):
+        assert cols["age"].dtype == np.float32 and cols["age"].shape == (2, 1)
+        assert cols["age"][0, 0] == 3 and math.isnan(cols["age"][1, 0])
+        assert cols["plan"].tolist() == [["a"], [""]]
+
+
+def test_v1_bool_is_numeric() -> None:
+    cols = v1_columns(SIG, {"instances": [[True, "a"], [False, "b"]]})
+    assert cols["age"].reshape(-1).tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("payload", "name", "fragment"),
+    [
+        ({"instances": [{"plan": "a"}]}, "age", "missing"),
+        ({"instances": [{"age": 1, "plan": "a", "zip": 1}]}, "zip", "not an input"),
+        ({"instances": [{"age": "old", "plan": "a"}]}, "age", "expected a number"),
+        ({"instances": [{"age": 1, "plan": 7}]}, "plan", "expected a string"),
+        ({"instances": [[1]]}, "", "has 1 values"),
+        ({"instances": "rows"}, "", "must be a list"),
+        ({"rows": []}, "", 'no "instances"'),
+        ({"instances": []}, "", "no rows"),
+        ([1, 2], "", "JSON object"),
+    ],
+)
+def test_v1_errors_name_the_input(payload: Any, name: str, fragment: str) -> None:
+    with pytest.raises(SignatureError) as caught:
+        v1_columns(SIG, payload)
+    assert caught.value.input == name
+    assert fragment in str(caught.value)
+    if name:
+        assert repr(name) in str(caught.value)
+
+
+def test_row_limit() -> None:
+    rows = [[1, "a"]] * 11
+    with pytest.raises(SignatureError, match="11 rows, above the limit of 10"):
+        v1_columns(SIG, {"instances": rows}, max_rows=10)
+    assert v1_columns(SIG, {"instances": rows[:10]}, max_rows=10)["age"].shape == (10, 1)
+
+
+def h(name: str, datatype: str, shape: list[int]) -> TensorHeader:
+    return TensorHeader(name, datatype, shape)
+
+
+def test_v2_headers_ok_and_rows() -> None:
+    assert check_v2_headers(SIG, [h("age", "FP32", [3, 1]), h("plan", "BYTES", [3])]) == 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "name", "fragment"),
+    [
+        ([h("age", "INT64", [1]), h("plan", "BYTES", [1])], "age", "datatype INT64"),
+        ([h("age", "FP32", [1]), h("plan", "FP32", [1])], "plan", "takes BYTES"),
+        ([h("age", "FP32", [1, 2]), h("plan", "BYTES", [1])], "age", "shape [1, 2]"),
+        ([h("age", "FP32", [2]), h("plan", "BYTES", [3])], "plan", "has 3 rows"),
+        ([h("age", "FP32", [1])], "plan", "missing"),
+        ([h("age", "FP32", [1]), h("plan", "BYTES", [1]), h("x", "FP32", [1])], "x", "not an"),
+        ([h("age", "FP32", [1]), h("age", "FP32", [1]), h("plan", "BYTES", [1])], "age", "twice"),
+        ([h("age", "FP32", [2000]), h("plan", "BYTES", [2000])], "", "above the limit"),
+    ],
+)
+def test_v2_header_errors(headers: list[TensorHeader], name: str, fragment: str) -> None:
+    with pytest.raises(SignatureError) as caught:
+        check_v2_headers(SIG, headers, max_rows=1024)
+    assert caught.value.input == name
+    assert fragment in str(caught.value)
+
+
+def test_v2_columns_nan_allowed_inf_policy() -> None:
+    age = SIG.inputs[0]
+    col = v2_column(age, np.array([1.0, np.nan], dtype=np.float32), 2)
+    assert math.isnan(col[1, 0])
+    with pytest.raises(SignatureError, match=r"'age': infinite value at row 1"):
+        v2_column(age, np.array([1.0, -np.inf], dtype=np.float32), 2)
+    assert np.isinf(v2_column(age, [1.0, np.inf], 2, allow_inf=True)[1, 0])
+    with pytest.raises(SignatureError, match="holds 2 values but its shape says 3 rows"):
+        v2_column(age, [1.0, 2.0], 3)
+
+
+def test_v2_bytes_columns() -> None:
+    plan = SIG.inputs[1]
+    col = v2_column(plan, np.array([b"a", "b", None], dtype=object), 3)
+    assert col.reshape(-1).tolist() == ["a", "b", ""]
+    with pytest.raises(SignatureError, match="'plan': row 0 is not valid UTF-8"):
+        v2_column(plan, np.array([b"\xff"], dtype=object), 1)
+    with pytest.raises(SignatureError, match="'plan': expected a string"):
+        v2_column(plan, np.array([3], dtype=object), 1)
+
+
+# -- the dynamic batcher, on the real model --------------------------------------------------------
+
+
+def ort_runner(built: BuiltModel) -> Any:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(built.package / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+    def run(columns: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(session.run(["prediction"], columns)[0], dtype=np.float32)
+
+    return run
+
+
+def test_concurrent_requests_are_merged_and_each_gets_its_rows(
+    built_model: BuiltModel, sample_rows: list[dict[str, Any]], reference: Any
+) -> None:
+    run = ort_runner(built_model)
+    sizes = [1, 3, 2, 1, 5, 1, 4, 1]
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(sample_rows[start : start + size])
+        start += size
+    want = [reference(columns_of(built_model, p)) for p in parts]
+    batcher = DynamicBatcher(run, max_batch_rows=1024, max_wait_ms=20)
+
+    async def main() -> list[np.ndarray]:
+        return list(
+            await asyncio.gather(*(batcher.predict(columns_of(built_model, p)) for p in parts))
+        )
+
+    got = asyncio.run(main())
+    assert batcher.stats.calls == 1  # eight requests, ONE ONNX Runtime call
+    assert batcher.stats.requests == len(sizes)
+    assert batcher.stats.rows == sum(sizes)
+    for g, w, size in zip(got, want, sizes, strict=True):
+        assert g.shape == (size, 1)
+        assert np.max(np.abs(g.reshape(-1) - w)) <= 1e-6
+
+
+def test_batches_respect_max_batch_rows(
+    built_model: BuiltModel, sample_rows: list[dict[str, Any]]
+) -> None:
+    run = ort_runner(built_model)
+    batcher = DynamicBatcher(run, max_batch_rows=4, max_wait_ms=5)
+    parts = [sample_rows[i : i + 2] for i in range(0, 12, 2)] + [sample_rows[:9]]
+
+    async def main() -> list[np.ndarray]:
+        return list(
+            await asyncio.gather(*(batcher.predict(columns_of(built_model, p)) for p in parts))
+        )
+
+    got = asyncio.run(main())
+    assert [g.shape[0] for g in got] == [len(p) for p in parts]
+    assert batcher.stats.largest_batch_rows == 9  # a big request runs alone, never split
+    assert batcher.stats.calls == 4  # 6 two-row requests in pairs, then the 9-row one
+
+
+def test_sequential_requests_do_not_wait(built_model: BuiltModel, sample_rows: list[Any]) -> None:
+    batcher = DynamicBatcher(ort_runner(built_model), max_wait_ms=1000)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(5):
+            await batcher.predict(columns_of(built_model, sample_rows[i : i + 1]))
+        return loop.time() - started
+
+    elapsed = asyncio.run(main())
+    assert batcher.stats.calls == 5
+    assert elapsed < 5.0  # 5 x the 1 s max wait would be 5 s (a bound, not a timing target)
+
+
+def test_a_failing_run_fails_its_callers_only() -> None:
+    def run(columns: dict[str, np.ndarray]) -> np.ndarray:
+        raise RuntimeError("boom")
+
+    batcher = DynamicBatcher(run, max_wait_ms=0)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.predict({"age": np.zeros((1, 1), np.float32)})
+
+    asyncio.run(main())
+    assert batcher.stats.failures == 1
+
+
+def test_batcher_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="max_batch_rows"):
+        DynamicBatcher(lambda c: c["x"], max_batch_rows=0)
+    with pytest.raises(ConfigError, match="max_wait_ms"):
+        DynamicBatcher(lambda c: c["x"], max_wait_ms=-1)
+
+
+# -- CloudEvents emitter ---------------------------------------------------------------------------
+
+IDENTITY = EventIdentity(inference_service="churn", namespace="ns", source="http://p:1/")
+
+
+def test_event_headers_are_the_agents() -> None:
+    headers = event_headers(IDENTITY, "id-1", REQUEST_TYPE)
+    assert headers["ce-id"] == "id-1"
+    assert headers["ce-type"] == "org.kubeflow.serving.inference.request"
+    assert headers["ce-specversion"] == "1.0"
+    assert headers["ce-inferenceservicename"] == "churn"
+    assert headers["ce-namespace"] == "ns"
+    assert headers["ce-component"] == "predictor"
+    assert headers["ce-endpoint"] == "default"
+    assert headers["ce-source"] == "http://p:1/"
+    assert headers["content-type"] == "application/json"
+    assert headers["ce-time"].endswith("Z")
+
+
+def test_emitter_posts_request_and_response(event_receiver: EventReceiver) -> None:
+    emitter = PayloadEmitter(event_receiver.url, IDENTITY)
+
+    async def main() -> None:
+        assert emitter.emit("pair-1", {"instances": [[1.0, "a"]]}, {"predictions": [0.5]})
+        assert await emitter.flush(10)
+        await emitter.close()
+
+    asyncio.run(main())
+    events = event_receiver.wait_for(lambda e: e.headers.get("ce-id") == "pair-1")
+    assert sorted(e.headers["ce-type"] for e in events) == [REQUEST_TYPE, RESPONSE_TYPE]
+    bodies = {e.headers["ce-type"]: json.loads(e.body) for e in events}
+    assert bodies[RESPONSE_TYPE] == {"predictions": [0.5]}
+    assert emitter.sent == 2 and emitter.dropped == 0
+
+
+def test_emitter_drops_and_counts_when_full_never_blocks() -> None:
+    # A port nothing listens on: posts fail (counted), the queue fills, emit never blocks.
+    emitter = PayloadEmitter("http://127.0.0.1:9/", IDENTITY, queue_size=4, timeout=0.5)
+
+    async def main() -> None:
+        for i in range(10):
+            emitter.emit(f"id-{i}", {"instances": []}, {"predictions": []})
+        await emitter.close(timeout=5)
+
+    asyncio.run(main())
+    assert emitter.dropped == 16  # 2 pairs queued, 8 pairs (16 events) dropped at once
+    assert emitter.failed + emitter.sent == 4
+
+
+def test_emitter_off_and_bad_url() -> None:
+    assert PayloadEmitter("", IDENTITY).emit("x", {}, {}) is None
+    with pytest.raises(ConfigError, match="logger_url"):
+        PayloadEmitter("ftp://x", IDENTITY)
