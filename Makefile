@@ -66,7 +66,8 @@ demo: setup ## the whole loop on the embedded local stack
 
 bench: setup ## benchmarks under tests/benchmarks (ratios against baselines in the same run)
 	@set -e; for b in tests/benchmarks/bench_*.py; do \
-		echo "== $$b"; $(PIPE)/python $$b; \
+		case "$$b" in *bench_serving*) py=$(SERV)/python;; *) py=$(PIPE)/python;; esac; \
+		echo "== $$b ($$py)"; $$py $$b; \
 	done
 
 compile: setup ## compile the pipelines to pipelines/compiled/*.yaml
