@@ -20,9 +20,10 @@ from kfloop.core.errors import KfloopError
 from kfloop.core.objectstore import ObjectStore
 
 NOT_YET = (
-    "Not there yet (open issues): serving on kserve.ModelServer with payload logging, drift "
-    "metrics and Prometheus alerts, the retraining trigger and pipeline, and the Kubernetes "
-    "delivery (InferenceService, manifests, images)."
+    "Not there yet (open issues): the demo does not yet start `kfloop serve` and `kfloop "
+    "logger` (both exist; see the README), Prometheus alert rules and Alertmanager, the "
+    "retraining trigger and pipeline, and the Kubernetes delivery (InferenceService, "
+    "manifests, images)."
 )
 
 
