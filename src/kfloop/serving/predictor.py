@@ -15,6 +15,9 @@ Protocols (all served by one ``kserve.ModelServer`` process):
   extension (``Inference-Header-Content-Length``) in and out. Output ``prediction`` ``FP32``
   ``[N, 1]``.
 - v2 gRPC ``ModelInfer`` (``--grpc-port``; 0 switches gRPC off), raw contents included.
+- The v2 repository extension, ``POST /v2/repository/models/<name>/load`` (body optional:
+  ``{"parameters": {"uri": "s3://<models>/<model>/<version>/"}}``) and ``.../unload``: a hot
+  swap of the served version with no failed request (:class:`HotSwapRepository`).
 
 Every input is checked against the signature (:mod:`kfloop.serving.signature`): a bad request
 is KServe's ``InvalidInput`` (HTTP 400, gRPC ``INVALID_ARGUMENT``) naming the input; a body
@@ -28,9 +31,11 @@ liveness are KServe's (``/v2/health/ready``, ``/v2/health/live``, ``/v1/models/<
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -44,9 +49,11 @@ from typing import Any
 import kserve
 import numpy as np
 import onnxruntime as ort
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve.errors import InferenceError, InvalidInput
+from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Counter, Histogram
 
@@ -73,6 +80,7 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 8081
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_WAIT_MS = 1.0
+MODEL_URI_ENV = "KFLOOP_MODEL_URI"
 
 REQUESTS = Counter(
     "kfloop_predictor_requests_total",
@@ -108,6 +116,11 @@ ORT_SECONDS = Histogram(
     "Time of one ONNX Runtime call (one merged batch).",
     ["model"],
     buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+REPOSITORY_LOADS = Counter(
+    "kfloop_predictor_repository_loads_total",
+    "Model repository operations by outcome: ok (a version swapped in), failed, unloaded.",
+    ["model", "outcome"],
 )
 
 
@@ -148,10 +161,13 @@ class ServeOptions:
 # -- loading ---------------------------------------------------------------------------------------
 
 
-def fetch_model(uri: str, workdir: Path, settings: Settings | None = None) -> Path:
+def fetch_model(
+    uri: str, workdir: Path, settings: Settings | None = None, *, what: str = "--model-uri"
+) -> Path:
     """The local folder holding ``model.onnx`` and ``metadata.json`` for ``uri``.
 
-    A local path is used as is; an ``s3://`` prefix is downloaded into ``workdir``.
+    A local path is used as is; an ``s3://`` prefix is downloaded into ``workdir``. ``what``
+    says where the URI came from in error messages (the option, or a repository load).
 
     Raises:
         ModelLoadError: the folder or prefix does not hold a packaged model.
@@ -168,7 +184,7 @@ def fetch_model(uri: str, workdir: Path, settings: Settings | None = None) -> Pa
             obj = S3Uri(prefix.bucket, f"{key}/{name}" if key else name)
             if not store.exists(obj):
                 raise ModelLoadError(
-                    f"--model-uri {uri}: no {name} at {obj}; point it at a published model "
+                    f"{what} {uri}: no {name} at {obj}; point it at a published model "
                     "version (s3://<models-bucket>/<model>/<version>/)"
                 )
         store.get_dir(S3Uri(prefix.bucket, key), target)
@@ -176,12 +192,12 @@ def fetch_model(uri: str, workdir: Path, settings: Settings | None = None) -> Pa
     folder = Path(uri).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(
-            f"--model-uri {uri}: no such folder; give the folder package_onnx wrote (with "
+            f"{what} {uri}: no such folder; give the folder package_onnx wrote (with "
             f"{ONNX_FILE} and {METADATA_FILE}) or an s3:// URI"
         )
     missing = [n for n in (ONNX_FILE, METADATA_FILE) if not (folder / n).is_file()]
     if missing:
-        raise ModelLoadError(f"--model-uri {uri}: the folder has no {' or '.join(missing)}")
+        raise ModelLoadError(f"{what} {uri}: the folder has no {' or '.join(missing)}")
     return folder
 
 
@@ -208,7 +224,14 @@ def _request_id(headers: MutableMapping[str, str] | None, body_id: str | None) -
 class OnnxPredictor(kserve.Model):
     """Serve one packaged kfloop model with ONNX Runtime."""
 
-    def __init__(self, name: str, model_dir: str | Path, options: ServeOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        model_dir: str | Path,
+        options: ServeOptions | None = None,
+        *,
+        emitter: PayloadEmitter | None = None,
+    ):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.options = options or ServeOptions()
@@ -217,6 +240,8 @@ class OnnxPredictor(kserve.Model):
         self.signature: Signature | None = None
         self.session: ort.InferenceSession | None = None
         self.batcher: DynamicBatcher | None = None
+        self.source_uri = ""  # where the files came from (set by HotSwapRepository.build)
+        self.download_dir: Path | None = None
         identity = EventIdentity(
             inference_service=self.options.inference_service or name,
             namespace=self.options.namespace,
@@ -224,14 +249,19 @@ class OnnxPredictor(kserve.Model):
             endpoint=self.options.endpoint,
             source=self.options.logger_source or f"http://localhost:{DEFAULT_HTTP_PORT}/",
         )
-        self.emitter = PayloadEmitter(
+        # A hot-swapped version takes over its predecessor's emitter (queue and sender).
+        self.emitter = emitter or PayloadEmitter(
             self.options.logger_url, identity, queue_size=self.options.logger_queue_size
         )
 
     # kserve hooks ----------------------------------------------------------------------------
 
     def load(self) -> bool:
-        """Read metadata, check the ONNX file against it, open the ONNX Runtime session.
+        """Read metadata, check the ONNX file against it, open the ONNX Runtime session, warm up.
+
+        The warm-up runs one all-missing row through the session, so a graph that loads but
+        cannot run fails here (before it serves anything) and the first request pays no
+        first-run cost.
 
         Raises:
             ModelLoadError: naming the file and what is wrong with it.
@@ -273,6 +303,20 @@ class OnnxPredictor(kserve.Model):
                 f"{onnx_path}: graph inputs {sorted(graph)} differ from the metadata's "
                 f"{sorted(signature.names)}"
             )
+        warm = {
+            spec.name: (
+                np.full((1, 1), np.nan, dtype=np.float32)
+                if spec.onnx_type == "tensor(float)"
+                else np.array([[""]], dtype=object)
+            )
+            for spec in signature.inputs
+        }
+        try:
+            session.run([signature.output], warm)
+        except Exception as exc:  # ORT's own error types
+            raise ModelLoadError(
+                f"{onnx_path}: the warm-up run (one all-missing row) failed: {exc}"
+            ) from None
         self.signature = signature
         self.session = session
         self.batcher = DynamicBatcher(
@@ -421,6 +465,183 @@ class OnnxPredictor(kserve.Model):
         return response
 
 
+# -- the model repository: load / unload / hot swap ----------------------------------------------
+
+
+class HotSwapRepository(ModelRepository):
+    """KServe's model repository with loads that swap versions without failing a request.
+
+    The Open Inference Protocol repository extension drives it:
+    ``POST /v2/repository/models/<name>/load`` and ``.../unload`` (REST; gRPC
+    ``RepositoryModelLoad``/``Unload`` reach the same methods through KServe).
+
+    ``load(name, uri)`` takes the URI from, first to last: the request
+    (``{"parameters": {"uri": "s3://<models>/<model>/<version>/"}}``, REST only), the URI that
+    ``name`` was last loaded from, the server's ``--model-uri`` (``KFLOOP_MODEL_URI``). A load
+    without a URI so re-fetches the same URI (a moved "latest" prefix). The new
+    :class:`OnnxPredictor` is built COMPLETELY off the event loop (download, checks, ONNX
+    Runtime session, warm-up run) while the old one keeps serving; only then is the registry
+    entry replaced, one assignment on the event loop. A request that already holds the old
+    model finishes on the old session (its batcher drains and stops by itself); every request
+    that looks the model up afterwards gets the new one. A failed load changes nothing: the old
+    version keeps serving. Loads are serialised. ``unload(name)`` removes the model: inference
+    on it is then 404 until a new load.
+    """
+
+    def __init__(
+        self,
+        options: ServeOptions,
+        *,
+        default_uri: str = "",
+        settings: Settings | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.default_uri = default_uri
+        self.settings = settings
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kfloop-serve-"))
+        self.uris: dict[str, str] = {}
+        self._downloads: dict[str, Path] = {}
+        self._emitters: dict[str, PayloadEmitter] = {}
+        self._lock: asyncio.Lock | None = None
+        self._count = 0
+
+    def build(self, name: str, uri: str, *, what: str = "--model-uri") -> OnnxPredictor:
+        """Fetch ``uri`` and return a loaded, warmed-up model (blocking; not yet served).
+
+        An empty ``name`` takes ``model_name`` from the model's metadata.json ("model" if none).
+
+        Raises:
+            KfloopError: ModelLoadError, ConfigError or ObjectStoreError, naming the URI,
+                file or variable.
+        """
+        self._count += 1
+        target = self.workdir / f"load-{self._count}"
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            folder = fetch_model(uri, target, self.settings, what=what)
+            name = name or _metadata_model_name(folder)
+            model = OnnxPredictor(name, folder, self.options, emitter=self._emitters.get(name))
+            model.load()
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        model.model_dir = folder
+        if not folder.is_relative_to(target):  # a local folder: nothing was downloaded
+            shutil.rmtree(target, ignore_errors=True)
+            target = folder
+        model.source_uri = uri
+        model.download_dir = target
+        return model
+
+    def install(self, name: str, model: OnnxPredictor) -> None:
+        """Serve ``model`` as ``name`` (the atomic swap), then drop the old version's files."""
+        self._emitters.setdefault(name, model.emitter)
+        old_download = self._downloads.get(name)
+        self.update(model, name)
+        self.uris[name] = model.source_uri
+        download = model.download_dir
+        if download is not None and download.is_relative_to(self.workdir):
+            self._downloads[name] = download
+        else:
+            self._downloads.pop(name, None)
+        if old_download is not None and old_download != download:
+            # The old session is in memory; its files are no longer needed.
+            shutil.rmtree(old_download, ignore_errors=True)
+        REPOSITORY_LOADS.labels(name, "ok").inc()
+        log.info(
+            "serving %s: %s %s from %s",
+            name,
+            model.metadata.get("model_name", "?"),
+            model.metadata.get("version", "?"),
+            self.uris[name],
+        )
+
+    async def load(self, name: str, uri: str | None = None) -> bool:
+        """Load ``uri`` (see the class doc for the default) and swap it in as ``name``.
+
+        Raises:
+            ModelLoadError: no URI known for ``name``, or the URI does not hold a usable model
+                (names the URI or file). ConfigError / ObjectStoreError: S3 settings or store.
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            source = uri or self.uris.get(name) or self.default_uri
+            if not source:
+                raise ModelLoadError(
+                    f'load {name}: no URI: send {{"parameters": {{"uri": "s3://..."}}}} '
+                    "or start the server with --model-uri"
+                )
+            try:
+                model = await asyncio.to_thread(self.build, name, source, what="load uri")
+            except KfloopError:
+                REPOSITORY_LOADS.labels(name, "failed").inc()
+                raise
+            self.install(name, model)
+        return True
+
+    def unload(self, name: str) -> None:
+        """Stop serving ``name`` (KeyError if it is not served); its last URI is remembered."""
+        super().unload(name)
+        download = self._downloads.pop(name, None)
+        if download is not None:
+            shutil.rmtree(download, ignore_errors=True)
+        REPOSITORY_LOADS.labels(name, "unloaded").inc()
+
+
+def _metadata_model_name(folder: Path) -> str:
+    try:
+        name = json.loads((folder / METADATA_FILE).read_text("utf-8")).get("model_name")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        name = ""
+    return str(name or "model")
+
+
+def _load_uri_from_body(body: bytes) -> str | None:
+    """``parameters.uri`` of a repository load body (None when absent); DataError if malformed."""
+    if not body.strip():
+        return None
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError("the load request body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise DataError("the load request body must be a JSON object")
+    parameters = payload.get("parameters")
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise DataError("parameters: must be an object")
+    uri = parameters.get("uri")
+    if uri is None:
+        return None
+    if not isinstance(uri, str) or not uri.strip():
+        raise DataError(f"parameters.uri: must be a non-empty string, got {uri!r}")
+    return uri.strip()
+
+
+def add_repository_routes(app: Any, repository: HotSwapRepository) -> None:
+    """REST ``/v2/repository/models/{name}/load`` taking ``parameters.uri``; 400 on failure.
+
+    Registered before KServe's own routes, so it takes precedence over KServe's load (which
+    has no body). A failed load is a 400 whose ``error`` names the URI or file, as Triton's
+    repository extension answers; the previously served version keeps serving.
+    """
+
+    async def load(request: Request) -> JSONResponse:
+        name = request.path_params["model_name"]
+        try:
+            uri = _load_uri_from_body(await request.body())
+            await repository.load(name, uri)
+        except KfloopError as exc:
+            return JSONResponse(status_code=400, content={"error": f"load {name}: {exc}"})
+        return JSONResponse(content={"name": name, "load": True})
+
+    app.add_api_route("/v2/repository/models/{model_name}/load", load, methods=["POST"])
+
+
 # -- HTTP limits -----------------------------------------------------------------------------------
 
 ASGIApp = Callable[..., Awaitable[None]]
@@ -501,7 +722,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a packaged kfloop model (ONNX) with KServe v1/v2 REST and v2 gRPC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model-uri", required=True, help="model folder or s3:// URI")
+    default_uri = os.environ.get(MODEL_URI_ENV, "")
+    parser.add_argument(
+        "--model-uri",
+        default=default_uri or None,
+        required=not default_uri,
+        help=f"model folder or s3:// URI (default: ${MODEL_URI_ENV}); a repository load "
+        "without a URI reloads it",
+    )
     parser.add_argument("--model-name", default="", help="endpoint name (default: metadata)")
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="0: no gRPC")
@@ -540,18 +768,11 @@ def serve_main(argv: list[str] | None = None) -> int:
         intra_op_threads=args.intra_op_threads,
     )
     workdir = Path(tempfile.mkdtemp(prefix="kfloop-serve-"))
+    repository = HotSwapRepository(options, default_uri=args.model_uri, workdir=workdir)
     try:
         options.check()
-        folder = fetch_model(args.model_uri, workdir)
-        name = args.model_name
-        if not name:
-            try:
-                name = json.loads((folder / METADATA_FILE).read_text("utf-8")).get("model_name")
-            except (OSError, json.JSONDecodeError):
-                name = ""
-            name = name or "model"
-        model = OnnxPredictor(name, folder, options)
-        model.load()
+        model = repository.build(args.model_name, args.model_uri)
+        repository.install(model.name, model)
     except KfloopError as exc:
         print(f"kfloop serve: {exc}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -563,7 +784,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     model_server.args.grpc_max_receive_message_length = options.max_body_bytes
     model_server.app.add_middleware(RequestGuardMiddleware, max_bytes=options.max_body_bytes)
     model_server.app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    add_repository_routes(model_server.app, repository)
     server = kserve.ModelServer(
+        registered_models=repository,
         http_port=args.http_port,
         grpc_port=args.grpc_port or DEFAULT_GRPC_PORT,
         enable_grpc=args.grpc_port > 0,
