@@ -1,0 +1,934 @@
+"""Serving throughput: the kfloop predictor and payload logger against baselines, same run.
+
+One run, same machine, same model (the demo model), load from ``wrk`` on loopback (v2 REST,
+``-t2 -c8``; a Lua script sets method, body and headers and prints its own summary), each
+server alone in its own process:
+
+- ``floor``       a bare ASGI endpoint (uvicorn) that reads the body and answers fixed JSON;
+- ``kserve-min``  (a) a minimal custom ``kserve.Model`` on the same ``model.onnx``, kserve's
+  defaults, no validation, no batching;
+- ``kfloop-off``  ``kfloop serve`` without payload logging;
+- ``kfloop-on``   ``kfloop serve`` with payload logging to a running ``kfloop logger`` that
+  writes Parquet to SeaweedFS (the local stack).
+
+Each is loaded with a batch-1 v2 JSON request (req/s) and a 1,024-row batch as v2 JSON and as
+v2 binary tensors (rows/s). Then the logger alone: wrk posts binary-mode CloudEvents (request
+and response of unique ids) for a bounded time; events/s, CPU per event (``/proc/<pid>/stat``)
+and, after SIGTERM, the rows in the store against what the logger accepted (zero loss).
+
+Run: ``make bench``, or ``.venv-serving/bin/python tests/benchmarks/bench_serving.py``
+(``--model-dir DIR`` reuses a folder written by ``tests/serving/model_factory.py``; else the
+demo model is built with the pipeline env, ~1 min). Needs ``wrk`` (``apt-get install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+MODEL_NAME = "churn"
+BATCH = 1024
+THREADS = 2
+CONNECTIONS = 8
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 120.0
+PIPELINE_PYTHON = REPO / ".venv" / "bin" / "python"
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+FLOOR_BODY = (
+    b'{"model_name":"floor","id":"1","outputs":[{"name":"prediction","shape":[1,1],'
+    b'"datatype":"FP32","data":[0.5]}]}'
+)
+
+
+# -- the servers that run in their own process -----------------------------------------------------
+
+
+def serve_floor(port: int) -> None:
+    """The floor: a raw ASGI callable that drains the body and answers fixed JSON."""
+    import uvicorn
+
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(FLOOR_BODY)).encode()),
+    ]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            more = bool(message.get("more_body", False))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": FLOOR_BODY})
+
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+    )
+
+
+def serve_baseline(model_dir: str, http_port: int, grpc_port: int) -> None:
+    """(a): a minimal custom ``kserve.Model`` on ``model.onnx``, kserve's defaults."""
+    sys.argv = sys.argv[:1]  # kserve parses the command line at import
+    import kserve
+    import numpy as np
+    import onnxruntime as ort
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class MinimalOnnx(kserve.Model):  # type: ignore[misc]
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.session = ort.InferenceSession(
+                str(Path(model_dir) / "model.onnx"), providers=["CPUExecutionProvider"]
+            )
+            self.output = self.session.get_outputs()[0].name
+            self.ready = True
+
+        async def predict(
+            self,
+            payload: InferRequest,
+            headers: dict[str, str] | None = None,
+            response_headers: dict[str, str] | None = None,
+        ) -> InferResponse:
+            feed = {}
+            for infer_input in payload.inputs:
+                values = infer_input.as_numpy()
+                if values.dtype.kind in "OS":
+                    values = np.array(
+                        [v.decode() if isinstance(v, bytes) else v for v in values.reshape(-1)],
+                        dtype=object,
+                    )
+                feed[infer_input.name] = values.reshape(-1, 1)
+            out = self.session.run([self.output], feed)[0].astype(np.float32)
+            output = InferOutput(name=self.output, shape=list(out.shape), datatype="FP32")
+            output.data = out
+            return InferResponse(
+                response_id=payload.id or "", model_name=self.name, infer_outputs=[output]
+            )
+
+    kserve.ModelServer(http_port=http_port, grpc_port=grpc_port).start([MinimalOnnx(MODEL_NAME)])
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process (all its threads) from /proc/<pid>/stat."""
+        raw = Path(f"/proc/{self.process.pid}/stat").read_text()
+        fields = raw[raw.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def start_server(
+    name: str,
+    command: Sequence[str],
+    port: int,
+    ready_path: str,
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+) -> Server:
+    import requests
+
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as handle:
+        process = subprocess.Popen(
+            list(command),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+    server = Server(name, process, port, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if requests.get(server.base + ready_path, timeout=1).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{name} not ready after {READY_TIMEOUT_S}s:\n{server.log_tail()}")
+
+
+def python_call(module: str, function: str, args: Sequence[str]) -> list[str]:
+    code = f"import sys; from {module} import {function}; sys.exit({function}({list(args)!r}))"
+    return [sys.executable, "-c", code]
+
+
+@contextmanager
+def running(servers: list[Server], server: Server) -> Iterator[Server]:
+    servers.append(server)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- the model and the request bodies --------------------------------------------------------------
+
+
+def build_model(out: Path) -> Path:
+    if not PIPELINE_PYTHON.is_file():
+        raise SystemExit(
+            f"{PIPELINE_PYTHON} is missing: build the pipeline env or give --model-dir"
+        )
+    print(f"building the demo model in {out} (pipeline env, ~1 min)", flush=True)
+    result = subprocess.run(
+        [str(PIPELINE_PYTHON), str(REPO / "tests" / "serving" / "model_factory.py"), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+    )
+    if result.returncode != 0 or not (out / "DONE").is_file():
+        raise SystemExit(f"model_factory.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return out
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str
+    rows: int
+    body_file: Path
+    headers: dict[str, str]
+
+
+def complete_rows(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Held-out rows with no missing value (every server takes them), and the inputs."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    meta = json.loads((root / "package" / "metadata.json").read_text(encoding="utf-8"))
+    inputs = list(meta["inputs"])
+    names = [i["name"] for i in inputs]
+    rows = pq.read_table(root / "sample.parquet", columns=names).to_pylist()
+    keep = [
+        r
+        for r in rows
+        if all(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in r.values())
+    ]
+    if not keep:
+        raise SystemExit(f"{root / 'sample.parquet'}: no row without missing values")
+    return keep, inputs
+
+
+def columns(rows: list[dict[str, Any]], inputs: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    import numpy as np
+
+    picked = [rows[i % len(rows)] for i in range(n)]
+    out: dict[str, Any] = {}
+    for spec in inputs:
+        name = spec["name"]
+        if spec["onnx_type"] == "tensor(float)":
+            out[name] = np.array([[float(r[name])] for r in picked], dtype=np.float32)
+        else:
+            out[name] = np.array([[str(r[name])] for r in picked], dtype=object)
+    return out
+
+
+def v2_json(cols: Mapping[str, Any], inputs: list[dict[str, Any]]) -> bytes:
+    body = {
+        "inputs": [
+            {
+                "name": spec["name"],
+                "shape": list(cols[spec["name"]].shape),
+                "datatype": "FP32" if spec["onnx_type"] == "tensor(float)" else "BYTES",
+                "data": cols[spec["name"]].reshape(-1).tolist(),
+            }
+            for spec in inputs
+        ]
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def v2_binary(cols: Mapping[str, Any], inputs: list[dict[str, Any]]) -> tuple[bytes, int]:
+    """The v2 binary tensor extension body, built by tritonclient (JSON header + raw bytes)."""
+    from tritonclient.http import InferInput
+    from tritonclient.http._utils import _get_inference_request
+
+    infer_inputs = []
+    for spec in inputs:
+        values = cols[spec["name"]]
+        datatype = "FP32" if spec["onnx_type"] == "tensor(float)" else "BYTES"
+        item = InferInput(spec["name"], list(values.shape), datatype)
+        item.set_data_from_numpy(values, binary_data=True)
+        infer_inputs.append(item)
+    body, json_size = _get_inference_request(
+        inputs=infer_inputs,
+        request_id="",
+        outputs=None,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        custom_parameters=None,
+    )
+    if json_size is None:
+        raise RuntimeError("tritonclient built no binary body")
+    return bytes(body), int(json_size)
+
+
+def make_payloads(root: Path, workdir: Path) -> list[Payload]:
+    rows, inputs = complete_rows(root)
+    json_headers = {"Content-Type": "application/json"}
+    one = workdir / "v2_b1.json"
+    one.write_bytes(v2_json(columns(rows, inputs, 1), inputs))
+    big = columns(rows, inputs, BATCH)
+    big_json = workdir / f"v2_b{BATCH}.json"
+    big_json.write_bytes(v2_json(big, inputs))
+    body, json_size = v2_binary(big, inputs)
+    big_bin = workdir / f"v2_b{BATCH}.bin"
+    big_bin.write_bytes(body)
+    return [
+        Payload("v2 batch-1 JSON", 1, one, json_headers),
+        Payload(f"v2 batch-{BATCH} JSON", BATCH, big_json, json_headers),
+        Payload(
+            f"v2 batch-{BATCH} binary",
+            BATCH,
+            big_bin,
+            {
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(json_size),
+            },
+        ),
+    ]
+
+
+# -- wrk -------------------------------------------------------------------------------------------
+
+LUA_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH {\"requests\": %d, \"duration_us\": %d, \"p50_us\": %.1f, \"p99_us\": %.1f, " ..
+    "\"mean_us\": %.1f, \"connect\": %d, \"read\": %d, \"write\": %d, \"status\": %d, " ..
+    "\"timeout\": %d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def lua_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a valid Lua string here (ASCII)
+
+
+def fixed_body_script(payload: Payload, path: Path) -> Path:
+    lines = [
+        f"local f = assert(io.open({lua_string(str(payload.body_file))}, 'rb'))",
+        'wrk.method = "POST"',
+        'wrk.body = f:read("*a")',
+        "f:close()",
+    ]
+    lines += [f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in payload.headers.items()]
+    path.write_text("\n".join(lines) + "\n" + LUA_DONE, encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    non_2xx: int
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.non_2xx
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+
+def run_wrk(url: str, script: Path, seconds: int, connections: int = CONNECTIONS) -> WrkResult:
+    command = [
+        "wrk",
+        f"-t{THREADS}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    found = re.search(r"^BENCH (\{.*\})$", result.stdout, re.MULTILINE)
+    if result.returncode != 0 or not found:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stdout}\n{result.stderr}")
+    data = json.loads(found.group(1))
+    return WrkResult(
+        requests=int(data["requests"]),
+        seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        errors=int(data["connect"] + data["read"] + data["write"] + data["timeout"]),
+        non_2xx=int(data["status"]),
+    )
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: apt-get install -y wrk", flush=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True, timeout=300
+        )
+    if not shutil.which("wrk"):
+        raise SystemExit(
+            "wrk is not installed: run `sudo apt-get install -y wrk` (Debian/Ubuntu) and rerun"
+        )
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name = head.split("{", 1)[0]
+        if metric_name != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def scrape(server: Server) -> str:
+    import requests
+
+    return str(requests.get(server.base + "/metrics", timeout=10).text)
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    server: str
+    payload: Payload
+    result: WrkResult
+    note: str = ""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.result.rps * self.payload.rows
+
+
+def check_answer(server: Server, url_path: str, payload: Payload) -> list[float]:
+    """POST the payload once (it must be a 200) and return the predictions it answered."""
+    import numpy as np
+    import requests
+
+    response = requests.post(
+        server.base + url_path,
+        data=payload.body_file.read_bytes(),
+        headers=payload.headers,
+        timeout=30,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"{server.name} answered {response.status_code} to {payload.name}: "
+            f"{response.text[:500]}"
+        )
+    header_size = response.headers.get("inference-header-content-length")
+    if header_size is None:
+        return [float(v) for v in response.json()["outputs"][0]["data"]]
+    # a binary tensor answer: JSON header, then the raw FP32 output
+    raw = response.content
+    head = json.loads(raw[: int(header_size)])
+    output = head["outputs"][0]
+    if "data" in output:
+        return [float(v) for v in output["data"]]
+    return [float(v) for v in np.frombuffer(raw[int(header_size) :], dtype="<f4")]
+
+
+def load_server(
+    server: Server,
+    payloads: list[Payload],
+    workdir: Path,
+    seconds: int,
+    warmup: int,
+    url_path: str,
+    around: Callable[[Payload, Callable[[], WrkResult]], tuple[WrkResult, str]] | None = None,
+) -> tuple[list[Row], dict[str, Any]]:
+    out = []
+    answers = {}
+    for payload in payloads:
+        answers[payload.name] = check_answer(server, url_path, payload)
+        script = fixed_body_script(payload, workdir / f"{server.name}-{payload.rows}.lua")
+        url = server.base + url_path
+        run_wrk(url, script, warmup)
+
+        def measure(url: str = url, script: Path = script) -> WrkResult:
+            return run_wrk(url, script, seconds)
+
+        if around is None:
+            result, note = measure(), ""
+        else:
+            result, note = around(payload, measure)
+        row = Row(server.name, payload, result, note)
+        out.append(row)
+        print(
+            f"  {server.name:<11} {payload.name:<22} {result.rps:>9.0f} req/s "
+            f"{row.rows_per_s:>11.0f} rows/s  p50 {result.p50_ms:6.2f} ms  "
+            f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx} errors {result.errors}"
+            + (f"  {note}" if note else ""),
+            flush=True,
+        )
+    return out, answers
+
+
+def count_rows(store: Any, prefix: str) -> tuple[int, int, int, int]:
+    """(rows, distinct request ids, rows with features and prediction, files) under prefix."""
+    import pyarrow.compute as pc
+
+    from kfloop.core.arrowio import read_table
+
+    rows = paired = files = 0
+    ids: set[str] = set()
+    for info in store.list_objects(prefix):
+        if not str(info.uri).endswith(".parquet"):
+            continue
+        table = read_table(str(info.uri), store)
+        files += 1
+        rows += table.num_rows
+        ids.update(table.column("request_id").to_pylist())
+        feature = table.column(5)  # the first feature column (after the 5 log columns)
+        both = pc.and_(pc.is_valid(feature), pc.is_valid(table.column("prediction")))
+        paired += int(pc.sum(pc.cast(both, "int64")).as_py() or 0)
+    return rows, len(ids), paired, files
+
+
+def logger_events_script(root: Path, workdir: Path, tag: str, pairs: int = 64) -> Path:
+    """wrk Lua: alternate request/response CloudEvents of unique ids (tag, thread, counter)."""
+    rows, inputs = complete_rows(root)
+    requests_file = workdir / "events_requests.jsonl"
+    responses_file = workdir / "events_responses.jsonl"
+    with requests_file.open("w") as reqs, responses_file.open("w") as resps:
+        for i in range(pairs):
+            cols = columns(rows[i % len(rows) :] + rows, inputs, 1)
+            reqs.write(v2_json(cols, inputs).decode() + "\n")
+            resp = {
+                "model_name": MODEL_NAME,
+                "outputs": [
+                    {"name": "prediction", "shape": [1, 1], "datatype": "FP32", "data": [i / pairs]}
+                ],
+            }
+            resps.write(json.dumps(resp, separators=(",", ":")) + "\n")
+    stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    lua = f"""
+local next_tid = 1
+function setup(thread)
+  thread:set("tid", next_tid)
+  next_tid = next_tid + 1
+end
+local reqs, resps = {{}}, {{}}
+for line in io.lines({lua_string(str(requests_file))}) do reqs[#reqs + 1] = line end
+for line in io.lines({lua_string(str(responses_file))}) do resps[#resps + 1] = line end
+local counter = 0
+local headers = {{
+  ["ce-specversion"] = "1.0",
+  ["ce-source"] = "http://bench/",
+  ["ce-time"] = "{stamp}",
+  ["ce-inferenceservicename"] = "{MODEL_NAME}",
+  ["ce-namespace"] = "bench",
+  ["ce-component"] = "predictor",
+  ["ce-endpoint"] = "default",
+  ["ce-metadata"] = "{{}}",
+  ["Content-Type"] = "application/json",
+}}
+request = function()
+  local pair = math.floor(counter / 2)
+  local k = (pair % #reqs) + 1
+  headers["ce-id"] = "{tag}-t" .. tostring(tid) .. "-" .. tostring(pair)
+  local body
+  if counter % 2 == 0 then
+    headers["ce-type"] = "{REQUEST_TYPE}"
+    body = reqs[k]
+  else
+    headers["ce-type"] = "{RESPONSE_TYPE}"
+    body = resps[k]
+  end
+  counter = counter + 1
+  return wrk.format("POST", "/", headers, body)
+end
+"""
+    path = workdir / f"logger_events_{tag}.lua"
+    path.write_text(lua + LUA_DONE, encoding="utf-8")
+    return path
+
+
+def start_logger(
+    name: str, root: Path, output: str, workdir: Path, env: Mapping[str, str]
+) -> Server:
+    port = free_port()
+    args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--reference-profile",
+        str(root / "package"),
+        "--model-name",
+        MODEL_NAME,
+        "--model-version",
+        "v1",
+        "--output",
+        output,
+        "--log-level",
+        "warning",
+    ]
+    command = python_call("kfloop.serving.logger", "logger_main", args)
+    return start_server(name, command, port, "/readyz", workdir, env)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model-dir", default=os.environ.get("KFLOOP_SERVING_TEST_MODEL"))
+    parser.add_argument("--seconds", type=int, default=10, help="measured wrk run per case")
+    parser.add_argument("--warmup", type=int, default=2, help="wrk warm-up per case")
+    parser.add_argument(
+        "--logs", choices=["s3", "local"], default="s3", help="logger output: SeaweedFS or a folder"
+    )
+    parser.add_argument("--serve-floor", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-baseline", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
+        return 0
+    if args.serve_baseline:
+        model_dir, http_port, grpc_port = args.serve_baseline
+        serve_baseline(model_dir, int(http_port), int(grpc_port))
+        return 0
+
+    ensure_wrk()
+    servers: list[Server] = []
+    stacks: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        try:
+            return run(args, Path(tmp), servers, stacks)
+        finally:
+            for server in servers:
+                server.stop()
+            for stack in stacks:
+                stack.down()
+
+
+def run(
+    args: argparse.Namespace,
+    workdir: Path,
+    servers: list[Server],
+    stacks: list[Any],
+) -> int:
+    root = Path(args.model_dir) if args.model_dir else build_model(workdir / "model")
+    if not (root / "package" / "model.onnx").is_file():
+        raise SystemExit(f"--model-dir {root}: no package/model.onnx (run model_factory.py)")
+    payloads = make_payloads(root, workdir)
+    package = root / "package"
+    infer = f"/v2/models/{MODEL_NAME}/infer"
+    seconds, warmup = args.seconds, args.warmup
+
+    env: dict[str, str] = {}
+    store = None
+    if args.logs == "s3":
+        from kfloop.core.objectstore import ObjectStore
+        from kfloop.local.stack import LocalStack
+        from tests.conftest import free_s3_port
+
+        stack = LocalStack(home=workdir / "home", s3_port=free_s3_port())
+        stacks.append(stack)
+        settings = stack.up()
+        env = dict(settings.to_env())
+        store = ObjectStore(settings)
+        logs_root = f"s3://{settings.logs_bucket}"
+    else:
+        logs_root = str(workdir / "logs")
+
+    print(
+        f"bench_serving: model {package}, wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s "
+        f"(+{warmup}s warm-up), {os.cpu_count()} CPUs, logs to {args.logs}",
+        flush=True,
+    )
+    results: list[Row] = []
+
+    # (b) the floor
+    port = free_port()
+    floor_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port)]
+    with running(servers, start_server("floor", floor_cmd, port, "/", workdir)) as srv:
+        rows, _ = load_server(srv, payloads, workdir, seconds, warmup, infer)
+        results += rows
+
+    # (a) a minimal kserve.Model
+    port, grpc = free_port(), free_port()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline"]
+    cmd += [str(package), str(port), str(grpc)]
+    with running(servers, start_server("kserve-min", cmd, port, "/v2/health/ready", workdir)) as s:
+        rows, baseline_answers = load_server(s, payloads, workdir, seconds, warmup, infer)
+        results += rows
+
+    def predictor_args(http: int, grpc: int, extra: Sequence[str] = ()) -> list[str]:
+        return python_call(
+            "kfloop.serving.predictor",
+            "serve_main",
+            [
+                "--model-uri",
+                str(package),
+                "--model-name",
+                MODEL_NAME,
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                *extra,
+            ],
+        )
+
+    # kfloop, logging off
+    port, grpc = free_port(), free_port()
+    srv = start_server("kfloop-off", predictor_args(port, grpc), port, "/v2/health/ready", workdir)
+    with running(servers, srv):
+        rows, kfloop_answers = load_server(srv, payloads, workdir, seconds, warmup, infer)
+        results += rows
+    for name, answer in kfloop_answers.items():
+        a, b = answer, baseline_answers[name]
+        worst = max(abs(x - y) for x, y in zip(a, b, strict=True))
+        if worst > 1e-5:
+            print(f"  WARNING: {name}: kfloop and kserve-min differ by {worst:.2e}", flush=True)
+
+    # kfloop, logging on, into a running logger
+    output = f"{logs_root}/pred-on"
+    logger = start_logger("logger-pred", root, output, workdir, env)
+    servers.append(logger)
+    port, grpc = free_port(), free_port()
+    cmd = predictor_args(port, grpc, ["--logger-url", logger.base + "/", "--namespace", "bench"])
+    totals = {"sent": 0.0, "dropped": 0.0}
+    dropped_by_case: dict[str, float] = {}
+
+    with running(servers, start_server("kfloop-on", cmd, port, "/v2/health/ready", workdir)) as on:
+
+        def with_events(
+            payload: Payload, measure: Callable[[], WrkResult]
+        ) -> tuple[WrkResult, str]:
+            before = scrape(on)
+            result = measure()
+            waited = drain(on)
+            after = scrape(on)
+            sent = metric(after, "kfloop_payload_events_sent_total") - metric(
+                before, "kfloop_payload_events_sent_total"
+            )
+            dropped = metric(after, "kfloop_payload_events_dropped_total") - metric(
+                before, "kfloop_payload_events_dropped_total"
+            )
+            totals["sent"] += sent
+            totals["dropped"] += dropped
+            dropped_by_case[payload.name] = dropped
+            return result, f"events sent {sent:.0f} dropped {dropped:.0f} (drain {waited:.1f}s)"
+
+        # warm-up requests and the check request are logged too: count them from the metrics
+        rows, _ = load_server(on, payloads, workdir, seconds, warmup, infer, with_events)
+        results += rows
+        drain(on)
+        final = scrape(on)
+        expected_rows = int(metric(final, "kfloop_predictor_request_rows_sum"))
+        dropped_all = metric(final, "kfloop_payload_events_dropped_total")
+        failed_all = metric(final, "kfloop_payload_events_dropped_total", reason="send_failed")
+    logger_rc = logger.stop()
+    pred_rows = count_parquet(store, output)
+    print(
+        f"  logger behind kfloop-on: exit {logger_rc}, {pred_rows[0]} rows in Parquet "
+        f"({pred_rows[3]} files) for {expected_rows} rows inferred; predictor events dropped "
+        f"{dropped_all:.0f} (send_failed {failed_all:.0f})",
+        flush=True,
+    )
+
+    # the logger alone
+    output = f"{logs_root}/logger"
+    logger = start_logger("logger", root, output, workdir, env)
+    servers.append(logger)
+    warm = run_wrk(logger.base + "/", logger_events_script(root, workdir, "warm"), warmup)
+    script = logger_events_script(root, workdir, "run")
+    before_text, cpu0 = scrape(logger), logger.cpu_seconds()
+    result = run_wrk(logger.base + "/", script, seconds)
+    time.sleep(1.0)  # the writer thread finishes the files of the last flush
+    cpu1, after_text = logger.cpu_seconds(), scrape(logger)
+    labels = {"model": MODEL_NAME, "version": "v1"}
+    rec_req = metric(after_text, "kfloop_logger_events_received_total", type="request", **labels)
+    rec_resp = metric(after_text, "kfloop_logger_events_received_total", type="response", **labels)
+    accepted_run = (
+        rec_req + rec_resp - metric(before_text, "kfloop_logger_events_received_total", **labels)
+    )
+    rejected = metric(after_text, "kfloop_logger_events_rejected_total", **labels)
+    logger_rc = logger.stop()
+    rows_n, ids_n, paired_n, files_n = count_parquet(store, output)
+    dropped = metric(after_text, "kfloop_logger_events_dropped_total", **labels)
+    expected = int(rec_req + rec_resp - paired_n - dropped)
+    zero_loss = (
+        logger_rc == 0 and rows_n == ids_n == expected and rec_req + rec_resp >= result.ok + warm.ok
+    )
+    cpu = cpu1 - cpu0
+    events_per_s = accepted_run / result.seconds
+    events_per_cpu_s = accepted_run / cpu if cpu > 0 else float("inf")
+    print(
+        f"  logger      CloudEvents (1 row each)   {events_per_s:>9.0f} events/s  "
+        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx}\n"
+        f"              CPU {cpu:.2f} s for {accepted_run:.0f} events: "
+        f"{1e6 * cpu / max(accepted_run, 1):.0f} us/event = {events_per_cpu_s:.0f} events per "
+        f"CPU-second; rejected {rejected:.0f}\n"
+        f"              after SIGTERM (exit {logger_rc}): {rows_n} rows, {ids_n} distinct ids, "
+        f"{paired_n} paired, {files_n} files; expected {expected} rows from "
+        f"{rec_req:.0f} request + {rec_resp:.0f} response events accepted "
+        f"(wrk 2xx {result.ok + warm.ok}) -> {'zero loss' if zero_loss else 'LOSS'}",
+        flush=True,
+    )
+
+    # summary ---------------------------------------------------------------------------------
+    def get(server: str, payload: Payload) -> Row:
+        return next(r for r in results if r.server == server and r.payload is payload)
+
+    print("\nresults (req/s, rows/s, p50/p99 ms):")
+    print(f"  {'case':<22} " + " ".join(f"{s:>24}" for s in SERVERS))
+    for payload in payloads:
+        cells = []
+        for server in SERVERS:
+            r = get(server, payload)
+            value = f"{r.rows_per_s:.0f} rows/s" if payload.rows > 1 else f"{r.result.rps:.0f}/s"
+            cells.append(f"{value} {r.result.p50_ms:.1f}/{r.result.p99_ms:.1f}")
+        print(f"  {payload.name:<22} " + " ".join(f"{c:>24}" for c in cells))
+
+    print("\ntargets:")
+    all_ok = True
+    for payload in payloads:
+        on, off, base = (
+            get("kfloop-on", payload),
+            get("kfloop-off", payload),
+            get("kserve-min", payload),
+        )
+        ratio = on.result.rps / base.result.rps if base.result.rps else 0.0
+        cost = 1 - on.result.rps / off.result.rps if off.result.rps else 1.0
+        tail = on.result.p99_ms / on.result.p50_ms if on.result.p50_ms else float("inf")
+        for label, ok, text in (
+            ("throughput >= 2x (a), logging on", ratio >= 2, f"{ratio:.2f}x"),
+            (
+                "logging cost <= 10%, no event dropped",
+                cost <= 0.10 and dropped_by_case.get(payload.name, 0) == 0,
+                f"{100 * cost:.1f}%, {dropped_by_case.get(payload.name, 0):.0f} events dropped",
+            ),
+            ("p99 <= 2x p50 (logging on)", tail <= 2, f"{tail:.2f}x"),
+        ):
+            all_ok &= ok
+            print(f"  {verdict(ok)}  {payload.name:<22} {label:<34} {text}")
+    ok = events_per_cpu_s >= 5000
+    all_ok &= ok
+    print(f"  {verdict(ok)}  logger >= 5,000 events per CPU-second       {events_per_cpu_s:.0f}")
+    all_ok &= zero_loss
+    print(f"  {verdict(zero_loss)}  logger zero loss after SIGTERM            {rows_n}/{expected}")
+    ok = totals["dropped"] == 0
+    print(
+        f"  {verdict(ok)}  predictor payload events all delivered      "
+        f"sent {totals['sent']:.0f}, dropped {totals['dropped']:.0f}"
+    )
+    print("(MISS is reported, not an error: the benchmark exits 0 when it ran.)")
+    return 0
+
+
+SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on")
+
+
+def drain(server: Server) -> float:
+    """Wait until the predictor's payload-event queue is empty; returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < DRAIN_TIMEOUT_S:
+        if metric(scrape(server), "kfloop_payload_events_queued") == 0:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def count_parquet(store: Any, output: str) -> tuple[int, int, int, int]:
+    if store is not None:
+        return count_rows(store, output)
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows = paired = files = 0
+    ids: set[str] = set()
+    for path in Path(output).rglob("*.parquet"):
+        table = pq.read_table(path)
+        files += 1
+        rows += table.num_rows
+        ids.update(table.column("request_id").to_pylist())
+        both = pc.and_(pc.is_valid(table.column(5)), pc.is_valid(table.column("prediction")))
+        paired += int(pc.sum(pc.cast(both, "int64")).as_py() or 0)
+    return rows, len(ids), paired, files
+
+
+from kfloop.local.process import free_port  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
