@@ -21,7 +21,7 @@ def validate_data(
     drift_threshold_numeric: float = 0.1,
     drift_exclude: list = [],  # noqa: B006 (KFP needs a literal default)
     warning_anomaly_types: list = [],  # noqa: B006 (KFP needs a literal default)
-    chunk_rows: int = 65536,
+    chunk_rows: int = 262144,
     beam_pipeline_args: list = [],  # noqa: B006 (KFP needs a literal default)
 ) -> int:
     """Validate a table with TensorFlow Data Validation (TFDV) and detect drift.

@@ -77,7 +77,12 @@ from kfloop.data._columns import (
     plain_value,
     to_scalar,
 )
-from kfloop.data._dataset_io import check_destination, read_dataset, write_dataset
+from kfloop.data._dataset_io import (
+    check_destination,
+    read_dataset,
+    release_memory_promptly,
+    write_dataset,
+)
 
 CONFIG_FIELD = "config"
 ColumnType = Literal["int64", "float64", "string", "bool", "timestamp"]
@@ -495,6 +500,25 @@ class CleanResult:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _filter_releasing(held: list[pa.Table], mask: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """``held[0].filter(mask)``, column by column, releasing each input column once filtered.
+
+    ``held`` is emptied: when nothing else refers to the table (``clean_data`` keeps no
+    reference to what it read), the peak is the table plus one column instead of two tables.
+    """
+    table = held.pop()
+    if table.num_columns == 0:
+        return table.filter(mask)
+    schema = table.schema
+    columns = table.columns
+    del table
+    columns.reverse()
+    filtered = []
+    while columns:
+        filtered.append(columns.pop().filter(mask))
+    return pa.Table.from_arrays(filtered, schema=schema)
 
 
 def _set(table: pa.Table, name: str, values: pa.ChunkedArray | pa.Array) -> pa.Table:
@@ -959,7 +983,9 @@ def clean_table(
         )
         table = _set(table, name, result.values)
     if drop_rows is not None:
-        table = table.filter(pc.invert(drop_rows))
+        held = [table]
+        del table
+        table = _filter_releasing(held, pc.invert(drop_rows))
 
     # 4. deduplicate
     deduplicated = None
@@ -967,7 +993,9 @@ def clean_table(
         dup = _deduplicate(table, cfg.deduplicate)
         n_dup = int(dup.sum())
         if n_dup:
-            table = table.filter(pa.array(~dup))
+            held = [table]
+            del table
+            table = _filter_releasing(held, pa.array(~dup))
         subset = tuple(cfg.deduplicate.subset) if cfg.deduplicate.subset else None
         deduplicated = DedupeCount(subset, cfg.deduplicate.keep, n_dup)
 
@@ -983,7 +1011,9 @@ def clean_table(
         assert any_missing is not None
         n_missing = count_true(any_missing)
         if n_missing:
-            table = table.filter(pc.invert(any_missing))
+            held = [table]
+            del table
+            table = _filter_releasing(held, pc.invert(any_missing))
         missing = MissingCount(per_column, n_missing)
 
     # 6. clip outliers
@@ -1051,9 +1081,12 @@ def clean_data(
         raise ConfigError("output_path", "give the path or s3:// URI to write the cleaned table")
     check_destination(output_path, "output_path")
     cfg = parse_config(CleanConfig, config, CONFIG_FIELD)
-    table = read_dataset(dataset_path, what="dataset", store=store)
+    release_memory_promptly()
+    # Handed over without a local reference, so clean_table's replaced columns and filtered
+    # tables free the input's memory as it goes instead of keeping a second copy alive.
+    source = [read_dataset(dataset_path, what="dataset", store=store)]
     try:
-        cleaned, report = clean_table(table, cfg)
+        cleaned, report = clean_table(source.pop(), cfg)
     except DataError as exc:
         raise DataError(f"{os.fspath(dataset_path)}: {exc}") from None
     info = write_dataset(cleaned, output_path, store)

@@ -64,6 +64,7 @@ import pyarrow.parquet as pq
 
 from kfloop.core.errors import ConfigError, DataError
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri, sha256_file
+from kfloop.data._dataset_io import release_memory_promptly
 
 MIB = 1024 * 1024
 DEFAULT_BLOCK_SIZE = 16 * MIB
@@ -978,6 +979,7 @@ def ingest_data(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
             raise ConfigError(name, f"{value!r} must be an integer of at least 1024 bytes")
 
+    release_memory_promptly()
     needs_store = is_s3_uri(source_uri) or is_s3_uri(output)
     if needs_store and store is None:
         store = ObjectStore.from_env()

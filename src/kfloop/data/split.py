@@ -65,7 +65,7 @@ import pyarrow.compute as pc
 from kfloop.core.arrowio import write_parquet
 from kfloop.core.errors import ConfigError, DataError
 from kfloop.core.objectstore import is_s3_uri
-from kfloop.data._dataset_io import DATA_FILE, read_dataset
+from kfloop.data._dataset_io import DATA_FILE, read_dataset, release_memory_promptly
 from kfloop.data.tfrecord import (
     COMPRESSION,
     SHARD_SUFFIX,
@@ -443,7 +443,8 @@ def _empty_split_hint(plan: _Plan, name: str) -> str:
     return f"there are too few rows for these ratios; add rows or raise the {name} ratio"
 
 
-def _split(table: pa.Table, plan: _Plan, source: str) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+def _assignment(table: pa.Table, plan: _Plan, source: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Split index (0, 1, 2) of every row; DataError if a split would be empty."""
     if table.num_rows == 0:
         raise DataError(f"{source}: the table has no rows; there is nothing to split")
     assign = {"hash": _assign_hash, "random": _assign_random, "time": _assign_time}[plan.method]
@@ -459,8 +460,49 @@ def _split(table: pa.Table, plan: _Plan, source: str) -> tuple[dict[str, pa.Tabl
                 f"{source}: split {name!r} would be empty (method {plan.method!r}, "
                 f"{table.num_rows} rows: {shares}); {_empty_split_hint(plan, name)}"
             )
+    return assignment, details
+
+
+def _split(table: pa.Table, plan: _Plan, source: str) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    assignment, details = _assignment(table, plan, source)
     parts = {name: table.filter(pa.array(assignment == i)) for i, name in enumerate(SPLITS)}
     return parts, details
+
+
+@dataclass
+class _ReadSplit:
+    parts: dict[str, pa.Table]
+    details: dict[str, Any]
+    schema: pa.Schema
+    source_rows: int
+
+
+def _read_and_split(dataset_path: str, plan: _Plan) -> _ReadSplit:
+    """Read ``dataset_path`` and split it, holding about one copy of the table at a time.
+
+    Columns are filtered one at a time and each input column is released as soon as its
+    three parts exist, so the peak is the table plus one column rather than two tables.
+    """
+    source = str(dataset_path)
+    table = read_dataset(dataset_path)
+    assignment, details = _assignment(table, plan, source)
+    schema, source_rows = table.schema, table.num_rows
+    columns = table.columns
+    del table  # from here on ``columns`` holds the only references to the input's data
+    masks = [pa.array(assignment == i) for i in range(len(SPLITS))]
+    del assignment
+    split_columns: list[list[pa.ChunkedArray]] = [[] for _ in SPLITS]
+    columns.reverse()
+    while columns:
+        column = columns.pop()
+        for parts_of_split, mask in zip(split_columns, masks, strict=True):
+            parts_of_split.append(column.filter(mask))
+        del column  # released here: no table refers to it any more
+    parts = {
+        name: pa.Table.from_arrays(cols, schema=schema)
+        for name, cols in zip(SPLITS, split_columns, strict=True)
+    }
+    return _ReadSplit(parts, details, schema, source_rows)
 
 
 def split_table(
@@ -627,21 +669,24 @@ def split_dataset(
     plan = _plan(ratios, method, key_column, stratify_column, time_column, seed)
     _check_write_options(num_shards, write_tfrecord)
     final = _check_output_dir(output_dir, "output_dir")
-    table = read_dataset(dataset_path)
-    parts, details = _split(table, plan, str(dataset_path))
+    release_memory_promptly()
+    read = _read_and_split(dataset_path, plan)
     tmp = _temp_sibling(final)
     try:
-        outputs = {
-            name: _write_split(name, part, tmp, f"{name}.parquet", name, num_shards, write_tfrecord)
-            for name, part in parts.items()
-        }
+        outputs: dict[str, SplitOutput] = {}
+        for name in SPLITS:
+            part = read.parts.pop(name)  # written, then released before the next split
+            outputs[name] = _write_split(
+                name, part, tmp, f"{name}.parquet", name, num_shards, write_tfrecord
+            )
+            del part
         manifest = _manifest(
             plan,
             str(dataset_path),
-            table.num_rows,
-            details,
+            read.source_rows,
+            read.details,
             outputs,
-            table.schema,
+            read.schema,
             num_shards,
             write_tfrecord,
         )
@@ -656,7 +701,7 @@ def split_dataset(
         method=plan.method,
         ratios=plan.ratios,
         seed=plan.seed,
-        source_rows=table.num_rows,
+        source_rows=read.source_rows,
         splits={
             name: _replace_paths(out, final / out.parquet, final) for name, out in outputs.items()
         },
@@ -706,13 +751,14 @@ def split_to_artifacts(
             f"must map exactly {', '.join(SPLITS)} to folders, got {artifact_dirs!r}",
         )
     finals = {name: _check_output_dir(artifact_dirs[name], name) for name in SPLITS}
-    table = read_dataset(dataset_path)
-    parts, details = _split(table, plan, str(dataset_path))
+    release_memory_promptly()
+    read = _read_and_split(dataset_path, plan)
     temps: dict[str, Path] = {}
     placed: list[Path] = []
     try:
         outputs: dict[str, SplitOutput] = {}
-        for name, part in parts.items():
+        for name in SPLITS:
+            part = read.parts.pop(name)  # written, then released before the next split
             temps[name] = _temp_sibling(finals[name])
             outputs[name] = _write_split(
                 name,
@@ -723,13 +769,14 @@ def split_to_artifacts(
                 num_shards,
                 write_tfrecord,
             )
+            del part
         manifest = _manifest(
             plan,
             str(dataset_path),
-            table.num_rows,
-            details,
+            read.source_rows,
+            read.details,
             outputs,
-            table.schema,
+            read.schema,
             num_shards,
             write_tfrecord,
         )
@@ -746,7 +793,7 @@ def split_to_artifacts(
         method=plan.method,
         ratios=plan.ratios,
         seed=plan.seed,
-        source_rows=table.num_rows,
+        source_rows=read.source_rows,
         splits={
             name: _replace_paths(out, finals[name] / out.parquet, finals[name])
             for name, out in outputs.items()

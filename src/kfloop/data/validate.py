@@ -106,7 +106,7 @@ import pyarrow.parquet as pq
 
 from kfloop.core.errors import ConfigError, DataError
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
-from kfloop.data._dataset_io import DATA_FILE
+from kfloop.data._dataset_io import DATA_FILE, release_memory_promptly
 
 STATISTICS_FILE = "stats.tfrecord"
 SCHEMA_FILE = "schema.pbtxt"
@@ -120,6 +120,9 @@ DRIFT_TYPE_PREFIX = "COMPARATOR_"
 L_INFTY = "L_INFTY"
 JENSEN_SHANNON = "JENSEN_SHANNON_DIVERGENCE"
 _MAX_ROWS_PER_CHUNK = 10_000_000
+# Rows per record batch handed to TFDV: on 1M rows x 17 columns 262,144 took about 5% less
+# CPU than 65,536 (fewer per-batch conversions and accumulator merges); 1,048,576 no less.
+DEFAULT_CHUNK_ROWS = 262_144
 
 
 @dataclass(frozen=True)
@@ -840,7 +843,7 @@ def validate_table(
     drift_threshold_numeric: float = 0.1,
     drift_exclude: Sequence[str] | None = None,
     warning_anomaly_types: Sequence[str] | None = None,
-    chunk_rows: int = 65536,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     beam_pipeline_args: Sequence[str] | None = None,
 ) -> ValidationResult:
     """Compute TFDV statistics of a Parquet table, infer or apply a schema, find anomalies.
@@ -902,6 +905,7 @@ def validate_table(
     from tensorflow_data_validation.api import validation_api, validation_options
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
+    release_memory_promptly()
     with tempfile.TemporaryDirectory(prefix="kfloop-validate-in-") as tmp_in:
         files = _dataset_files(dataset_path, Path(tmp_in))
         arrow_schema, _ = _open_parquet(files, dataset_path)
