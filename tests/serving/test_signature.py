@@ -296,3 +296,84 @@ def test_emitter_off_and_bad_url() -> None:
     assert PayloadEmitter("", IDENTITY).emit("x", {}, {}) is None
     with pytest.raises(ConfigError, match="logger_url"):
         PayloadEmitter("ftp://x", IDENTITY)
+
+
+def test_emitter_delivers_a_burst_completely_with_concurrent_senders(
+    event_receiver: EventReceiver,
+) -> None:
+    # 1,000 inferences = 2,000 events emitted at once (no awaits between them), queue large
+    # enough: every event reaches the loopback receiver, none dropped, none failed.
+    pairs = 1000
+    emitter = PayloadEmitter(event_receiver.url, IDENTITY, queue_size=2 * pairs, senders=6)
+    response = np.array([0.25, 0.5], dtype=np.float32)
+
+    async def main() -> bool:
+        for i in range(pairs):
+            body = {"instances": [[float(i), "a"]]}
+            emitter.emit(f"burst-{i}", body, lambda: {"predictions": response.tolist()})
+        done = await emitter.flush(120)
+        await emitter.close()
+        return done
+
+    assert asyncio.run(main())
+    events = event_receiver.wait_for(
+        lambda e: e.headers.get("ce-id", "").startswith("burst-"), timeout=5
+    )
+    assert emitter.dropped == 0 and emitter.failed == 0
+    assert emitter.sent == 2 * pairs
+    assert len(events) == 2 * pairs
+    assert len({(e.headers["ce-id"], e.headers["ce-type"]) for e in events}) == 2 * pairs
+    by_key = {(e.headers["ce-id"], e.headers["ce-type"]): e for e in events}
+    assert json.loads(by_key[("burst-7", REQUEST_TYPE)].body) == {"instances": [[7.0, "a"]]}
+    assert json.loads(by_key[("burst-7", RESPONSE_TYPE)].body) == {"predictions": [0.25, 0.5]}
+    assert by_key[("burst-7", REQUEST_TYPE)].headers["ce-namespace"] == "ns"
+
+
+def test_emitter_counts_a_body_it_cannot_encode(event_receiver: EventReceiver) -> None:
+    emitter = PayloadEmitter(event_receiver.url, IDENTITY)
+
+    async def main() -> None:
+        emitter.emit("bad-body", {"instances": [object()]}, {"predictions": [1.0]})
+        assert await emitter.flush(10)
+        await emitter.close()
+
+    asyncio.run(main())
+    assert emitter.dropped == 1 and emitter.sent == 1
+
+
+def test_emitter_senders_option_is_checked() -> None:
+    with pytest.raises(ConfigError, match="logger_senders"):
+        PayloadEmitter("http://127.0.0.1:9/", IDENTITY, senders=0)
+
+
+def test_small_batches_run_inline_large_ones_in_the_executor(
+    built_model: BuiltModel, sample_rows: list[dict[str, Any]], reference: Any
+) -> None:
+    import threading
+
+    threads: list[int] = []
+    inner = ort_runner(built_model)
+
+    def run(columns: dict[str, np.ndarray]) -> np.ndarray:
+        threads.append(threading.get_ident())
+        return inner(columns)
+
+    batcher = DynamicBatcher(run, max_wait_ms=0, inline_max_rows=2)
+    small, big = sample_rows[:2], sample_rows[:5]
+
+    async def main() -> tuple[int, list[np.ndarray]]:
+        got = [
+            await batcher.predict(columns_of(built_model, small)),
+            await batcher.predict(columns_of(built_model, big)),
+        ]
+        return threading.get_ident(), got
+
+    loop_thread, got = asyncio.run(main())
+    assert threads[0] == loop_thread and threads[1] != loop_thread
+    for g, rows in zip(got, (small, big), strict=True):
+        assert np.max(np.abs(g.reshape(-1) - reference(columns_of(built_model, rows)))) <= 1e-6
+
+
+def test_batcher_inline_option_is_checked() -> None:
+    with pytest.raises(ConfigError, match="inline_max_rows"):
+        DynamicBatcher(lambda c: c["x"], inline_max_rows=-1)

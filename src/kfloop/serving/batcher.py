@@ -1,11 +1,14 @@
 """Dynamic batching: concurrent small requests merged into one ONNX Runtime call.
 
-One asyncio worker task per :class:`DynamicBatcher` takes the queued requests, waits at most
-``max_wait_ms`` after the first one for more (stopping early once ``max_batch_rows`` rows are
-gathered), concatenates their columns, runs the model ONCE in a worker thread (ONNX Runtime
-releases the GIL), and hands every caller its own rows back. While a batch runs, new requests
-queue up and form the next batch, so under load batches grow without any wait; with
-``max_wait_ms=0`` only that happens. A request larger than ``max_batch_rows`` runs alone; a
+One asyncio worker task per :class:`DynamicBatcher` takes the queued requests; when more than
+one is waiting it waits at most ``max_wait_ms`` for others to join (stopping early once
+``max_batch_rows`` rows are gathered), while a lone request runs at once (waiting would only
+add latency). It concatenates their columns, runs the model ONCE (a batch of at most
+``inline_max_rows`` rows directly on the event loop, cheaper than a thread hand-over for a
+small ONNX Runtime call; a bigger one in a worker thread, ONNX Runtime releases the GIL), and
+hands every caller its own rows back. While a batch runs, new requests queue up and form the
+next batch, so under load batches grow without any wait; with ``max_wait_ms=0`` only that
+happens. A request larger than ``max_batch_rows`` runs alone; a
 request is never split.
 
 Counters in :attr:`DynamicBatcher.stats` (``calls`` = model runs) are results of the code that
@@ -56,8 +59,10 @@ class DynamicBatcher:
     Args:
         run: The model call; takes the merged columns, returns one prediction row per input row.
         max_batch_rows: Most rows merged into one call (a bigger single request runs alone).
-        max_wait_ms: Longest wait after the first queued request for others to join.
+        max_wait_ms: Longest wait for others to join when several requests are queued.
         executor: Where ``run`` runs (default: the event loop's default thread pool).
+        inline_max_rows: A batch of at most this many rows runs directly on the event loop
+            (a small ONNX Runtime call is cheaper than the hand-over to a thread); 0: never.
         on_batch: Called after each run with (rows, requests, seconds).
     """
 
@@ -68,6 +73,7 @@ class DynamicBatcher:
         max_batch_rows: int = 1024,
         max_wait_ms: float = 1.0,
         executor: Executor | None = None,
+        inline_max_rows: int = 64,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         if isinstance(max_batch_rows, bool) or not isinstance(max_batch_rows, int):
@@ -80,12 +86,18 @@ class DynamicBatcher:
         self.max_batch_rows = max_batch_rows
         self.max_wait = float(max_wait_ms) / 1000.0
         self._executor = executor
+        if isinstance(inline_max_rows, bool) or not isinstance(inline_max_rows, int):
+            raise ConfigError(
+                "inline_max_rows", f"must be an integer >= 0, got {inline_max_rows!r}"
+            )
+        if inline_max_rows < 0:
+            raise ConfigError("inline_max_rows", f"must be >= 0, got {inline_max_rows}")
+        self.inline_max_rows = inline_max_rows
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
-        self._last_batch_requests = 0
         self.stats = BatcherStats()
 
     async def predict(self, columns: Columns) -> np.ndarray:
@@ -120,11 +132,10 @@ class DynamicBatcher:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while self._queue:
-            # Bounded wait for more requests unless the batch is already full, or traffic is
-            # sequential (the last batch held one request and one is queued): then waiting
-            # would only add latency, so just let the requests that are ready run first.
-            sequential = self._last_batch_requests <= 1 and len(self._queue) == 1
-            if sequential:
+            # Bounded wait for more requests unless the batch is already full, or no other
+            # request is waiting (one queued): then waiting would only add latency, so just let
+            # the requests that are ready to join run first, once.
+            if len(self._queue) == 1:
                 await asyncio.sleep(0)
             elif self.max_wait > 0 and self._queued_rows() < self.max_batch_rows:
                 deadline = loop.time() + self.max_wait
@@ -136,14 +147,16 @@ class DynamicBatcher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
             batch = [p for p in self._take() if not p.future.cancelled()]
-            self._last_batch_requests = len(batch)
             if not batch:
                 continue
             merged = merge_columns([p.columns for p in batch])
             rows = sum(p.rows for p in batch)
             started = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self._executor, self._run, merged)
+                if rows <= self.inline_max_rows:
+                    result = self._run(merged)
+                else:
+                    result = await loop.run_in_executor(self._executor, self._run, merged)
             except Exception as exc:  # handed to every caller of this batch, not swallowed
                 self.stats.failures += 1
                 for p in batch:

@@ -283,6 +283,9 @@ class OnnxPredictor(kserve.Model):
             )
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Small batches run on the event loop: idle ONNX Runtime threads must not spin on the
+        # CPUs the loop needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.options.intra_op_threads:
             options.intra_op_num_threads = self.options.intra_op_threads
         try:
@@ -440,15 +443,17 @@ class OnnxPredictor(kserve.Model):
                 requested_outputs=payload.request_outputs,
             )
             if self.emitter.enabled:
+                # Bodies built and serialised by the emitter's senders, off the request path.
+                output_name = self.signature.output
                 self.emitter.emit(
                     request_id,
-                    {"id": request_id, "inputs": v2_json_inputs(columns, rows)},
-                    {
+                    lambda: {"id": request_id, "inputs": v2_json_inputs(columns, rows)},
+                    lambda: {
                         "id": request_id,
                         "model_name": self.name,
                         "outputs": [
                             {
-                                "name": self.signature.output,
+                                "name": output_name,
                                 "shape": [rows, 1],
                                 "datatype": "FP32",
                                 "data": predictions.reshape(-1).tolist(),
