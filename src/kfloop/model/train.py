@@ -231,6 +231,34 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def read_splits(
+    train_path: str | os.PathLike[str], validation_path: str | os.PathLike[str], label: str
+) -> tuple[pa.Table, pa.Table, Path, Path]:
+    """Read the train and validation splits; both must hold ``label``.
+
+    Returns:
+        (train table, validation table, train Parquet path, validation Parquet path).
+
+    Raises:
+        ConfigError: naming ``label`` and the split that lacks it.
+    """
+    train_file = _parquet_path(train_path)
+    val_file = _parquet_path(validation_path)
+    train = read_table(train_file)
+    val = read_table(val_file)
+    for table, where in (
+        (train, f"training split {train_file}"),
+        (val, f"validation split {val_file}"),
+    ):
+        if label not in table.column_names:
+            raise ConfigError(
+                "label",
+                f"column {label!r} is not in the {where}; its columns are: "
+                f"{', '.join(table.column_names)}",
+            )
+    return train, val, train_file, val_file
+
+
 def train_model(
     train_path: str | os.PathLike[str],
     validation_path: str | os.PathLike[str],
@@ -303,20 +331,7 @@ def train_model(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError("output_dir", f"{out} already exists and is not an empty folder")
 
-    train_file = _parquet_path(train_path)
-    val_file = _parquet_path(validation_path)
-    train = read_table(train_file)
-    val = read_table(val_file)
-    for table, where in (
-        (train, f"training split {train_file}"),
-        (val, f"validation split {val_file}"),
-    ):
-        if label not in table.column_names:
-            raise ConfigError(
-                "label",
-                f"column {label!r} is not in the {where}; its columns are: "
-                f"{', '.join(table.column_names)}",
-            )
+    train, val, train_file, val_file = read_splits(train_path, validation_path, label)
     if train.num_rows < MIN_TRAIN_ROWS or val.num_rows < MIN_VALIDATION_ROWS:
         raise DataError(
             f"too few rows to train: training split {train_file} has {train.num_rows} rows "

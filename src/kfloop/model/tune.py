@@ -53,12 +53,10 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from kfloop.core.arrowio import read_table
 from kfloop.core.config import parse_config
 from kfloop.core.errors import ConfigError, DataError
 from kfloop.model.features import (
     FeatureSpec,
-    _parquet_path,
     infer_feature_spec,
     label_values,
     table_to_inputs,
@@ -74,7 +72,7 @@ from kfloop.model.search_space import (
     encode_value,
     parse_search_space,
 )
-from kfloop.model.train import MIN_TRAIN_ROWS, Hyperparameters, build_model
+from kfloop.model.train import MIN_TRAIN_ROWS, Hyperparameters, build_model, read_splits
 
 __all__ = [
     "ALGORITHMS",
@@ -422,20 +420,7 @@ def _load(
     min_train_rows: int,
     max_batch_size: int,
 ) -> tuple[_Data, dict[str, int]]:
-    train_file = _parquet_path(train_path)
-    val_file = _parquet_path(validation_path)
-    train = read_table(train_file)
-    val = read_table(val_file)
-    for table, where in (
-        (train, f"training split {train_file}"),
-        (val, f"validation split {val_file}"),
-    ):
-        if label not in table.column_names:
-            raise ConfigError(
-                "label",
-                f"column {label!r} is not in the {where}; its columns are: "
-                f"{', '.join(table.column_names)}",
-            )
+    train, val, train_file, val_file = read_splits(train_path, validation_path, label)
     if train.num_rows < min_train_rows or val.num_rows < 1:
         raise DataError(
             f"too few rows for the search: training split {train_file} has {train.num_rows} "
