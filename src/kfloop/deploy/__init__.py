@@ -1,0 +1,1 @@
+"""Deployment: the production pointer, the local deployer, the KServe InferenceService builder."""
