@@ -30,8 +30,8 @@ def current_environment() -> str:
 
 
 ENVIRONMENT = current_environment()
-PIPELINE_ONLY = ["data", "model", "components", "pipelines"]
-SERVING_ONLY = ["serving"]
+PIPELINE_ONLY = ["data", "model", "components", "pipelines", "deploy", "e2e"]
+SERVING_ONLY = ["serving", "monitoring", "manifests"]
 
 collect_ignore = [name for name in (SERVING_ONLY if ENVIRONMENT == "pipeline" else PIPELINE_ONLY)]
 
