@@ -20,6 +20,15 @@ Payloads decoded into rows of features + prediction:
 - v1 response ``{"predictions": [p, ...]}`` (``p`` a number or a one-element list); v2
   response ``{"outputs": [...]}``: the output named ``prediction`` (else the first one),
   shape ``[N]`` or ``[N, 1]``.
+- The v2 **binary tensor extension** (what ``tritonclient`` sends with
+  ``binary_data=True``; the KServe agent logs the raw body): a JSON header, then the tensors'
+  bytes in the order of the ``inputs`` (``outputs``) whose ``parameters.binary_data_size`` is
+  set, little-endian, row-major; ``BYTES`` elements each prefixed by a 4-byte little-endian
+  length. The header's length comes from the ``Inference-Header-Content-Length`` header of
+  the event post, or from that header logged in ``ce-metadata`` (the agent's
+  ``metadataHeaders``, ``{"Inference-Header-Content-Length": ["123"]}``), else from where the
+  JSON header ends. The tensors are decoded into ``data`` (float NaN = missing) and the
+  payload is then read like a JSON v2 one.
 
 Rows: a request of N rows gives N rows; ``request_id`` is the event id for N = 1 and
 ``"<id>:<i>"`` (i = 0..N-1) for a batch, so every logged row has its own join key.
@@ -41,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
 from cloudevents import exceptions as ce_exceptions
 from cloudevents.http import from_http
 
@@ -68,6 +78,22 @@ ENDPOINT_ATTR = "endpoint"
 METADATA_ATTR = "metadata"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 PREDICTION_OUTPUT = "prediction"
+HEADER_LENGTH = "inference-header-content-length"
+"""The v2 binary extension's header: length in bytes of the JSON part of the body."""
+_V2_NUMPY: dict[str, str] = {
+    "BOOL": "?",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
 
 Kind = Literal["request", "response"]
 _KINDS: dict[str, Kind] = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
@@ -189,12 +215,16 @@ def parse_cloudevent(
         if not data:
             data = None
         else:
-            try:
-                data = _loads(bytes(data) if isinstance(data, bytearray) else data)
-            except ValueError as exc:
-                raise EventError(
-                    "bad_payload", f"event {attrs['id']}: {kind} data is not JSON: {exc}"
-                ) from None
+            raw = bytes(data) if isinstance(data, bytearray) else data
+            where = f"{kind} event {attrs['id']}"
+            header_length = _header_length(lower, attrs, where)
+            if header_length is not None:
+                data = decode_binary_body(raw, header_length, where)
+            else:
+                try:
+                    data = _loads(raw)
+                except ValueError as exc:
+                    data = _binary_or_raise(raw, where, exc)
     return InferenceEvent(
         id=str(attrs["id"]).strip(),
         kind=kind,
@@ -210,6 +240,171 @@ def parse_cloudevent(
 
 def _opt(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
+
+
+# -- v2 binary tensor extension -----------------------------------------------------------------
+
+
+def _header_length(lower: Mapping[str, str], attrs: Mapping[str, Any], where: str) -> int | None:
+    """``Inference-Header-Content-Length`` from the post's headers or the logged metadata."""
+    raw: Any = lower.get(HEADER_LENGTH)
+    if raw is None:
+        meta = attrs.get(METADATA_ATTR)
+        if not meta or meta == "{}":
+            return None
+        try:
+            parsed = _loads(meta) if isinstance(meta, (str, bytes)) else meta
+        except ValueError:
+            return None  # metadata is informational; a malformed one does not void the event
+        if not isinstance(parsed, dict):
+            return None
+        raw = next((v for k, v in parsed.items() if str(k).lower() == HEADER_LENGTH), None)
+        if isinstance(raw, list):
+            raw = raw[0] if raw else None
+        if raw is None:
+            return None
+    text = str(raw).strip()
+    if not text.isdigit() or int(text) == 0:
+        raise EventError(
+            "bad_payload", f"{where}: Inference-Header-Content-Length {raw!r} is not a length"
+        )
+    return int(text)
+
+
+def _binary_or_raise(raw: bytes | str, where: str, error: ValueError) -> Any:
+    """A body that is not JSON: a v2 binary body whose header length was not sent, else 400.
+
+    The JSON header ends where a JSON decoder stops; it must describe binary tensors.
+    """
+    not_json = EventError("bad_payload", f"{where}: data is not JSON: {error}")
+    if isinstance(raw, str) or not raw.lstrip()[:1] == b"{":
+        raise not_json
+    text = raw.decode("utf-8", "surrogateescape")  # byte-exact round trip for the offset
+    lead = len(text) - len(text.lstrip())
+    try:
+        header, end = json.JSONDecoder().raw_decode(text, lead)
+    except ValueError:
+        raise not_json from None
+    if not _has_binary_tensors(header):
+        raise not_json
+    return decode_binary_body(raw, len(text[:end].encode("utf-8", "surrogateescape")), where)
+
+
+def _tensors(header: Any) -> list[dict[str, Any]]:
+    if not isinstance(header, dict):
+        return []
+    key = "inputs" if isinstance(header.get("inputs"), list) else "outputs"
+    tensors = header.get(key)
+    return [t for t in tensors if isinstance(t, dict)] if isinstance(tensors, list) else []
+
+
+def _binary_size(tensor: Mapping[str, Any]) -> Any:
+    params = tensor.get("parameters")
+    return params.get("binary_data_size") if isinstance(params, dict) else None
+
+
+def _has_binary_tensors(header: Any) -> bool:
+    return any(_binary_size(t) is not None for t in _tensors(header))
+
+
+def decode_binary_body(body: bytes | str, header_length: int, where: str = "event") -> Any:
+    """Decode a v2 binary-extension body: the JSON header with each binary tensor's values
+    put in its ``data`` (numbers as floats/ints, NaN as None; ``BYTES`` as UTF-8 strings).
+
+    Raises:
+        EventError: ``bad_payload``: a header length past the body, a header that is not JSON,
+            tensor sizes that do not add up to the binary part, an unknown datatype, a size
+            that is not a whole number of elements, a ``BYTES`` element running past its
+            tensor or not UTF-8.
+    """
+    raw = body.encode() if isinstance(body, str) else body
+    if header_length > len(raw):
+        raise EventError(
+            "bad_payload",
+            f"{where}: Inference-Header-Content-Length {header_length} is past the end of the "
+            f"{len(raw)}-byte body",
+        )
+    try:
+        header = _loads(raw[:header_length])
+    except ValueError as exc:
+        raise EventError(
+            "bad_payload", f"{where}: the first {header_length} bytes are not a JSON header: {exc}"
+        ) from None
+    binary = memoryview(raw)[header_length:]
+    offset = 0
+    for tensor in _tensors(header):
+        size = _binary_size(tensor)
+        if size is None:
+            continue
+        name = tensor.get("name", "?")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise EventError(
+                "bad_payload", f"{where}: tensor {name!r} has binary_data_size {size!r}"
+            )
+        if offset + size > len(binary):
+            raise EventError(
+                "bad_payload",
+                f"{where}: tensor {name!r} needs {size} bytes at offset {offset} but the binary "
+                f"part has {len(binary)}",
+            )
+        chunk = binary[offset : offset + size]
+        offset += size
+        tensor["data"] = _tensor_values(chunk, str(tensor.get("datatype", "")), name, where)
+    if offset != len(binary):
+        raise EventError(
+            "bad_payload",
+            f"{where}: the binary part has {len(binary)} bytes but the tensors' binary_data_size "
+            f"add up to {offset}",
+        )
+    return header
+
+
+def _tensor_values(chunk: memoryview, datatype: str, name: str, where: str) -> list[Any]:
+    if datatype == "BYTES":
+        values: list[Any] = []
+        data, i, n = chunk.tobytes(), 0, len(chunk)
+        while i < n:
+            if i + 4 > n:
+                raise EventError(
+                    "bad_payload", f"{where}: BYTES tensor {name!r} ends inside a length prefix"
+                )
+            length = int.from_bytes(data[i : i + 4], "little")
+            if i + 4 + length > n:
+                raise EventError(
+                    "bad_payload",
+                    f"{where}: BYTES tensor {name!r}: element {len(values)} of {length} bytes "
+                    "runs past the tensor",
+                )
+            try:
+                values.append(data[i + 4 : i + 4 + length].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise EventError(
+                    "bad_payload",
+                    f"{where}: BYTES tensor {name!r}: element {len(values)} is not UTF-8",
+                ) from None
+            i += 4 + length
+        return values
+    dtype = _V2_NUMPY.get(datatype)
+    if dtype is None:
+        raise EventError(
+            "bad_payload",
+            f"{where}: tensor {name!r} has datatype {datatype!r}; binary tensors of "
+            f"{sorted([*_V2_NUMPY, 'BYTES'])} are read",
+        )
+    itemsize = np.dtype(dtype).itemsize
+    if len(chunk) % itemsize:
+        raise EventError(
+            "bad_payload",
+            f"{where}: tensor {name!r}: {len(chunk)} bytes is not a whole number of "
+            f"{datatype} elements",
+        )
+    array = np.frombuffer(chunk, dtype=dtype)
+    if array.dtype.kind == "f":
+        out: list[Any] = array.astype(np.float64).tolist()
+        if not np.isfinite(array).all():
+            out = [None if v != v else v for v in out]  # NaN = missing
+        return out
+    return array.tolist()
 
 
 # -- payload decoding -------------------------------------------------------------------------
@@ -563,6 +758,17 @@ class EventPairer:
     def pending_rows(self) -> int:
         """Rows held by half-pairs (what they will write)."""
         return self._pending_rows
+
+    def knows(self, event_id: str) -> bool:
+        """Whether ``event_id`` is waiting here or was completed here (recently)."""
+        return event_id in self._pending or event_id in self._done
+
+    def inherit(self, other: EventPairer) -> None:
+        """Remember ``other``'s completed ids too (so that retries of events another pairer
+        wrote are still dropped), oldest first, within ``dedupe_ids``."""
+        for event_id, orphan in other._done.items():
+            if event_id not in self._done:
+                self._remember(event_id, orphan)
 
     def _remember(self, event_id: str, orphan: Kind | None = None) -> None:
         self._done[event_id] = orphan

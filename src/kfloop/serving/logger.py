@@ -8,11 +8,13 @@ buffered and written as Parquet to::
     <output>/<model>/<version>/date=YYYY-MM-DD/hour=HH/<uuid>.parquet
 
 (``<output>`` defaults to ``s3://$KFLOOP_LOGS_BUCKET``; a local folder works too), by size
-(``--flush-rows``) or age (``--flush-seconds``). Columns (the contract that
-``kfloop.data.label`` feedback mode reads): ``request_id`` string, ``model_name`` string,
-``model_version`` string, ``timestamp`` timestamp[us, UTC] (the request's ``ce-time``, else
-its arrival), ``endpoint`` string (``ce-endpoint``), one column per feature of the reference
-profile (numeric float64, categorical string; model input order), ``prediction`` float64.
+(``--flush-rows``) or age (``--flush-seconds``). KServe v1 and Open Inference Protocol v2
+payloads are read, JSON or v2 binary tensors (see :mod:`kfloop.serving.events`).
+Columns (the contract that ``kfloop.data.label`` feedback mode reads): ``request_id``
+string, ``model_name`` string, ``model_version`` string, ``timestamp`` timestamp[us, UTC]
+(the request's ``ce-time``, else its arrival), ``endpoint`` string (``ce-endpoint``), one
+column per feature of the reference profile (numeric float64, categorical string; model
+input order), ``prediction`` float64.
 
 Guarantees:
 
@@ -23,14 +25,32 @@ Guarantees:
 - **Bounded memory**: rows buffered + rows being written + half-pairs never exceed
   ``--max-buffered-rows`` (plus one event); past it an event gets ``429`` (counted,
   ``Retry-After: 1``), it is not accepted. A crash loses at most that buffer, which the
-  ``kfloop_logger_unflushed_rows`` gauge shows. A failed write is retried (the rows stay
+  ``kfloop_logger_unflushed_rows`` gauge shows (a test SIGKILLs the logger under traffic:
+  the rows lost equal the last value scraped; a restarted logger writes new files beside the
+  old ones, never over them). A failed write is retried (the rows stay
   buffered, so the 429 limit holds) until it succeeds; on shutdown after
   ``SHUTDOWN_WRITE_ATTEMPTS`` attempts the rows are counted as dropped (``write_failed``).
 - **Duplicates** (agent retries of the same id and type) are answered 200 and written once.
 - A CloudEvent without an id, of an unknown type or with an undecodable payload is a 400;
   a body over ``--max-body-bytes`` is a 413; events during shutdown get 503.
 
-Metrics on ``GET /metrics`` (every metric has ``model`` and ``version`` labels): events
+Following production (``--follow-production``, with ``--model-name``): the logger reads the
+model's production pointer (``s3://<models-bucket>/<model>/production.json``, see
+:mod:`kfloop.deploy.registry`) at start and every ``--follow-seconds``, and logs under the
+version it names, against that version's ``reference_profile.json`` (+ ``metadata.json``
+input order) from ``pointer.uri``. When the version changes, the rows buffered for the old one
+are written under the old version's path; the old version's half-pairs (requests waiting for
+their response) complete under it too; the drift window starts afresh against the new profile;
+the old version's gauge children are removed, so Prometheus sees only the serving version's
+drift; ``kfloop_logger_model_info{model,version}`` is 1 for the version being logged. Until a
+pointer exists, ``/readyz`` and events answer 503 ``no production version of <model> yet``
+(``--model-version`` + ``--reference-profile``, when given, serve until then). A pointer that
+cannot be read, or a version whose profile cannot be loaded, is logged with its URI (once per
+distinct error) and counted in ``kfloop_logger_production_pointer_errors_total``; the
+current version goes on.
+
+Metrics on ``GET /metrics`` (every metric has ``model`` and ``version`` labels, but the two
+``--follow-production`` counters, ``model`` only): events
 received / rejected / dropped / rows written, write latency, orphans, the prediction
 histogram, and, over a sliding window of the last ``--window-rows`` rows, updated every
 ``--drift-every-rows`` rows and at each flush: ``kfloop_feature_psi``,
@@ -70,6 +90,7 @@ from kfloop.core.arrowio import write_parquet
 from kfloop.core.errors import ConfigError, DataError, KfloopError, ObjectStoreError
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
 from kfloop.core.settings import Settings
+from kfloop.deploy.registry import pointer_uri, read_production
 from kfloop.serving.drift import DriftMonitor
 from kfloop.serving.events import (
     EventError,
@@ -92,11 +113,12 @@ _US_PER_HOUR = 3_600_000_000
 
 @dataclass(frozen=True)
 class LoggerConfig:
-    """Parameters of one logger (one model version).
+    """Parameters of one logger (one model; one version, or the production one).
 
     Args:
         model_name: Model name (Parquet path and ``model_name`` column, metric label).
-        model_version: Model version (path, ``model_version`` column, metric label).
+        model_version: Model version (path, ``model_version`` column, metric label); may be
+            empty with ``follow_production`` (the production pointer names it).
         output: Root of the logs: ``s3://bucket[/prefix]`` or a local folder.
         flush_rows: Write when this many rows are buffered.
         flush_seconds: Write rows that have waited this long.
@@ -108,6 +130,9 @@ class LoggerConfig:
             it is written alone as an orphan.
         max_body_bytes: Largest accepted event body (413 above).
         dedupe_ids: Completed ids remembered to drop agent retries.
+        follow_production: Follow the model's production pointer
+            (:mod:`kfloop.deploy.registry`): log under its version, against its profile.
+        follow_seconds: How often the pointer is read.
     """
 
     model_name: str
@@ -121,10 +146,14 @@ class LoggerConfig:
     hold_seconds: float = 60.0
     max_body_bytes: int = 10 * 2**20
     dedupe_ids: int = 100_000
+    follow_production: bool = False
+    follow_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("model_name", "model_version", "output"):
             value = getattr(self, name)
+            if name == "model_version" and not value and self.follow_production:
+                continue
             if not value or ("/" in value and name != "output"):
                 raise ConfigError(name, f"{value!r}: give a non-empty name without '/'")
         positive = {
@@ -136,6 +165,7 @@ class LoggerConfig:
             "hold_seconds": self.hold_seconds,
             "max_body_bytes": self.max_body_bytes,
             "dedupe_ids": self.dedupe_ids,
+            "follow_seconds": self.follow_seconds,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -208,13 +238,17 @@ def load_reference(
 
 
 class LoggerMetrics:
-    """The logger's Prometheus metrics, in their own registry."""
+    """The logger's Prometheus metrics, in their own registry.
 
-    def __init__(self, model: str, version: str, prediction_buckets: Sequence[float]) -> None:
+    ``labels`` (``model``, ``version``) are the version being logged now; :meth:`bind` moves
+    them to a new version and :meth:`forget` removes a version's gauge children.
+    """
+
+    def __init__(self, model: str, version: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         mv = ("model", "version")
-        self.labels = {"model": model, "version": version}
+        self.model = model
         self.received = Counter(
             "kfloop_logger_events_received",
             "CloudEvents accepted, by type (request/response); duplicates included",
@@ -224,7 +258,8 @@ class LoggerMetrics:
         self.rejected = Counter(
             "kfloop_logger_events_rejected",
             "CloudEvents refused (not accepted), by reason: overload (429), no_id, bad_event, "
-            "unknown_type, bad_payload (400), too_large (413), shutting_down (503)",
+            "unknown_type, bad_payload (400), too_large (413), shutting_down, "
+            "no_production_version (503)",
             [*mv, "reason"],
             registry=r,
         )
@@ -259,8 +294,8 @@ class LoggerMetrics:
         )
         self.unflushed = Gauge(
             "kfloop_logger_unflushed_rows",
-            "Rows accepted but not yet in the store (buffer, writes in flight, half-pairs): "
-            "what a crash would lose",
+            "Rows accepted but not yet in the store (buffer, writes in flight, half-pairs; of "
+            "every version still draining too): what a crash would lose",
             mv,
             registry=r,
         )
@@ -277,14 +312,8 @@ class LoggerMetrics:
             [*mv, "feature", "reason"],
             registry=r,
         )
-        buckets = sorted({float(b) for b in prediction_buckets if math.isfinite(b)})
-        self.prediction = Histogram(
-            "kfloop_prediction",
-            "Logged predictions (buckets: the reference profile's prediction bin edges)",
-            mv,
-            buckets=buckets or Histogram.DEFAULT_BUCKETS,
-            registry=r,
-        )
+        self.prediction: Histogram | None = None  # buckets from the first reference profile
+        self.prediction_h: Histogram | None = None
         feat = (*mv, "feature")
         self.psi = Gauge(
             "kfloop_feature_psi",
@@ -321,12 +350,71 @@ class LoggerMetrics:
         self.window_rows = Gauge(
             "kfloop_drift_window_rows", "Rows in the drift sliding window", mv, registry=r
         )
+        self.model_info = Gauge(
+            "kfloop_logger_model_info",
+            "1 for the model version being logged and compared against (its reference profile)",
+            mv,
+            registry=r,
+        )
+        self.switches = Counter(
+            "kfloop_logger_version_switches",
+            "Times the logger switched to a new production version (--follow-production)",
+            ["model"],
+            registry=r,
+        )
+        self.pointer_errors = Counter(
+            "kfloop_logger_production_pointer_errors",
+            "Failed reads of the production pointer or of its version's reference profile "
+            "(--follow-production; the version being logged goes on)",
+            ["model"],
+            registry=r,
+        )
+        self.labels = {"model": model, "version": version}
+        if version:
+            self.bind(version)
+
+    def bind(self, version: str) -> None:
+        """Label what follows with ``version`` (bound children for the hot path)."""
+        self.labels = {"model": self.model, "version": version}
         lb = self.labels
-        # bound children for the hot path
         self.received_request = self.received.labels(**lb, type="request")
         self.received_response = self.received.labels(**lb, type="response")
-        self.written_c = self.written.labels(**lb)
-        self.prediction_h = self.prediction.labels(**lb)
+        self.prediction_h = self.prediction.labels(**lb) if self.prediction else None
+        for counter in (self.written, self.files, self.write_errors):
+            counter.labels(**lb)  # exported at 0 from the start, not only after a write
+
+    def ensure_prediction(self, buckets: Sequence[float]) -> None:
+        """Create the prediction histogram (once: Prometheus buckets cannot change)."""
+        if self.prediction is not None:
+            return
+        finite = sorted({float(b) for b in buckets if math.isfinite(b)})
+        self.prediction = Histogram(
+            "kfloop_prediction",
+            "Logged predictions (buckets: the first reference profile's prediction bin edges)",
+            ("model", "version"),
+            buckets=finite or Histogram.DEFAULT_BUCKETS,
+            registry=self.registry,
+        )
+        self.prediction_h = self.prediction.labels(**self.labels)
+
+    def forget(self, version: str, features: Sequence[str]) -> None:
+        """Remove ``version``'s gauge children: Prometheus then sees only the new version's
+        drift (counters stay: they are totals)."""
+        mv = (self.model, version)
+        for gauge in (self.psi, self.js, self.missing):
+            for feature in features:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*mv, feature)
+        for gauge in (
+            self.prediction_psi,
+            self.prediction_js,
+            self.window_rows,
+            self.model_info,
+            self.unflushed,
+            self.pending,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*mv)
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(**self.labels, reason=reason).inc()
@@ -349,54 +437,158 @@ class _Reject(Exception):
         super().__init__(message)
 
 
-class PayloadLogger:
-    """Pairs events into rows, buffers them, writes Parquet, publishes drift.
-
-    Use :meth:`handle` per event from the event loop; :meth:`start` and :meth:`close` (the
-    ASGI lifespan does both) run the timer and the single writer task.
-    """
+class _Target:
+    """One model version being logged: its features, pairer, buffer and drift window."""
 
     def __init__(
         self,
-        config: LoggerConfig,
+        version: str,
+        source: str,
         profile: Mapping[str, Any],
-        order: Sequence[str] | None = None,
-        store: ObjectStore | None = None,
+        order: Sequence[str] | None,
+        config: LoggerConfig,
     ) -> None:
-        self.config = config
+        self.version = version
+        self.source = source  # where the reference profile came from
         self.schema = FeatureSchema.from_profile(profile, order)
         clash = [n for n in self.schema.names if n in (*LOG_COLUMNS, PREDICTION)]
         if clash:
             raise DataError(
                 f"features {clash} have the names of logging columns {[*LOG_COLUMNS, PREDICTION]}"
             )
-        if is_s3_uri(config.output) and store is None:
-            raise ConfigError("output", f"{config.output}: an s3:// output needs S3 settings")
-        self.store = store
         self.drift = DriftMonitor(profile, config.window_rows)
-        pred_edges = (profile.get("prediction") or {}).get("edges") or []
-        self.metrics = LoggerMetrics(config.model_name, config.model_version, pred_edges)
+        self.prediction_edges: list[float] = list(
+            (profile.get("prediction") or {}).get("edges") or []
+        )
         self.pairer = EventPairer(self.schema, config.hold_seconds, config.dedupe_ids)
-        self._buffer: list[LogRow] = []
-        self._buffer_since = time.monotonic()
-        self._drift_rows: list[LogRow] = []
-        self._queue: asyncio.Queue[list[LogRow]] | None = None
-        self._inflight_rows = 0
-        self._closing = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._arrow_schema = self._make_schema()
-
-    # -- accounting --
+        self.buffer: list[LogRow] = []
+        self.buffer_since = time.monotonic()
+        self.drift_rows: list[LogRow] = []
+        fields = [
+            pa.field("request_id", pa.string(), nullable=False),
+            pa.field("model_name", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+            pa.field("endpoint", pa.string()),
+        ]
+        for name in self.schema.names:
+            kind = self.schema.kinds[name]
+            fields.append(pa.field(name, pa.float64() if kind == "numeric" else pa.string()))
+        fields.append(pa.field(PREDICTION, pa.float64()))
+        self.arrow_schema = pa.schema(fields)
 
     @property
     def unflushed_rows(self) -> int:
-        """Rows a crash would lose now."""
-        return len(self._buffer) + self._inflight_rows + self.pairer.pending_rows
+        return len(self.buffer) + self.pairer.pending_rows
+
+
+class PayloadLogger:
+    """Pairs events into rows, buffers them, writes Parquet, publishes drift.
+
+    Use :meth:`handle` per event from the event loop; :meth:`start` and :meth:`close` (the
+    ASGI lifespan does both) run the timer, the single writer task and, with
+    ``config.follow_production``, the production pointer poller.
+
+    Following production: when the pointer names a new version, the rows buffered for the old
+    one are handed to the writer under the old version's path; requests of the old version
+    still waiting for their response stay with it (the old version drains: its half-pairs
+    complete or expire under its path); new events go to the new version, whose reference
+    profile and input order are loaded from ``pointer.uri``, with a fresh drift window; the old
+    version's gauge children are removed. A pointer that cannot be read or a profile that
+    cannot be loaded is logged (with its URI) and counted; the current version goes on.
+
+    Args:
+        config: The logger's parameters.
+        profile: The reference profile of ``config.model_version`` (None with
+            ``follow_production``: wait for the pointer).
+        order: The model's input order (``metadata.json``).
+        store: The object store (needed for ``s3://`` outputs and to follow production).
+        models_root: ``s3://<models-bucket>`` where the production pointer lives.
+        reference_source: Where ``profile`` came from (logged).
+    """
+
+    def __init__(
+        self,
+        config: LoggerConfig,
+        profile: Mapping[str, Any] | None = None,
+        order: Sequence[str] | None = None,
+        store: ObjectStore | None = None,
+        *,
+        models_root: str | None = None,
+        reference_source: str = "",
+    ) -> None:
+        self.config = config
+        if is_s3_uri(config.output) and store is None:
+            raise ConfigError("output", f"{config.output}: an s3:// output needs S3 settings")
+        if config.follow_production and (store is None or not models_root):
+            raise ConfigError(
+                "follow_production", "following the production pointer needs S3 settings"
+            )
+        if profile is None and not config.follow_production:
+            raise ConfigError("reference_profile", "is required unless following production")
+        self.store = store
+        self.models_root = models_root
+        self.metrics = LoggerMetrics(config.model_name)
+        self.target: _Target | None = None
+        self._draining: list[_Target] = []
+        self._queue: asyncio.Queue[tuple[_Target, list[LogRow]]] | None = None
+        self._inflight_rows = 0
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._follow_error: str | None = None
+        if profile is not None:
+            source = reference_source or "(given)"
+            self._activate(_Target(config.model_version, source, profile, order, config))
+
+    # -- compatibility views of the current version --
+
+    @property
+    def schema(self) -> FeatureSchema:
+        """Features of the version being logged."""
+        return self._current().schema
+
+    @property
+    def drift(self) -> DriftMonitor:
+        """Drift window of the version being logged."""
+        return self._current().drift
+
+    @property
+    def pairer(self) -> EventPairer:
+        """Pairer of the version being logged."""
+        return self._current().pairer
+
+    @property
+    def version(self) -> str | None:
+        """The version being logged (None while waiting for a production version)."""
+        return self.target.version if self.target else None
+
+    def _current(self) -> _Target:
+        if self.target is None:
+            raise KfloopError(f"no production version of {self.config.model_name} yet")
+        return self.target
+
+    # -- accounting --
+
+    def _targets(self) -> list[_Target]:
+        return [*self._draining, *([self.target] if self.target else [])]
+
+    @property
+    def unflushed_rows(self) -> int:
+        """Rows a crash would lose now (every version)."""
+        total = self._inflight_rows
+        if self.target is not None:
+            total += self.target.unflushed_rows
+        for t in self._draining:
+            total += t.unflushed_rows
+        return total
 
     def _update_gauges(self) -> None:
+        if self.target is None:
+            return
         lb = self.metrics.labels
+        pending = sum(t.pairer.pending_events for t in self._targets())
         self.metrics.unflushed.labels(**lb).set(self.unflushed_rows)
-        self.metrics.pending.labels(**lb).set(self.pairer.pending_events)
+        self.metrics.pending.labels(**lb).set(pending)
 
     # -- events --
 
@@ -406,6 +598,13 @@ class PayloadLogger:
         try:
             if self._closing:
                 raise _Reject(503, "shutting_down", "the logger is shutting down; retry")
+            target = self.target
+            if target is None:
+                raise _Reject(
+                    503,
+                    "no_production_version",
+                    f"no production version of {self.config.model_name} yet; retry",
+                )
             if self.unflushed_rows >= self.config.max_buffered_rows:
                 raise _Reject(
                     429,
@@ -414,7 +613,9 @@ class PayloadLogger:
                     f"{self.config.max_buffered_rows}); retry later",
                 )
             event = parse_cloudevent(headers, body)
-            result = self.pairer.add(event, time.monotonic(), time.time())
+            if self._draining:
+                target = next((t for t in self._draining if t.pairer.knows(event.id)), target)
+            result = target.pairer.add(event, time.monotonic(), time.time())
         except _Reject as exc:
             m.reject(exc.reason)
             return exc.status, str(exc)
@@ -427,108 +628,208 @@ class PayloadLogger:
         if result.status in ("duplicate", "late"):
             m.drop(result.status)
         elif result.rows:
-            self._add_rows(result.rows)
+            self._add_rows(target, result.rows)
         return 200, result.status
 
-    def _add_rows(self, rows: list[LogRow]) -> None:
-        if not self._buffer:
-            self._buffer_since = time.monotonic()
-        self._buffer.extend(rows)
-        self._drift_rows.extend(rows)
-        if len(self._drift_rows) >= self.config.drift_every_rows:
-            self.update_drift()
-        if len(self._buffer) >= self.config.flush_rows:
-            self.flush()
+    def _add_rows(self, target: _Target, rows: list[LogRow]) -> None:
+        if not target.buffer:
+            target.buffer_since = time.monotonic()
+        target.buffer.extend(rows)
+        if target is self.target:
+            target.drift_rows.extend(rows)
+            if len(target.drift_rows) >= self.config.drift_every_rows:
+                self.update_drift()
+        if len(target.buffer) >= self.config.flush_rows:
+            self.flush(target)
 
     def expire_orphans(self, everything: bool = False) -> int:
         """Write out half-pairs past their hold time (all with ``everything``)."""
-        orphans = self.pairer.expire(time.monotonic(), everything=everything)
-        lb = self.metrics.labels
-        if orphans.requests:
-            self.metrics.orphans.labels(**lb, kind="request").inc(orphans.requests)
-        if orphans.responses:
-            self.metrics.orphans.labels(**lb, kind="response").inc(orphans.responses)
-        if orphans.rows:
-            self._add_rows(orphans.rows)
-        return orphans.requests + orphans.responses
+        count = 0
+        now = time.monotonic()
+        for target in self._targets():
+            orphans = target.pairer.expire(now, everything=everything)
+            lb = {"model": self.config.model_name, "version": target.version}
+            if orphans.requests:
+                self.metrics.orphans.labels(**lb, kind="request").inc(orphans.requests)
+            if orphans.responses:
+                self.metrics.orphans.labels(**lb, kind="response").inc(orphans.responses)
+            if orphans.rows:
+                self._add_rows(target, orphans.rows)
+            count += orphans.requests + orphans.responses
+        return count
+
+    # -- versions --
+
+    def _activate(self, new: _Target) -> None:
+        """Make ``new`` the version being logged (see the class docs)."""
+        old = self.target
+        m = self.metrics
+        if old is not None:
+            old.drift_rows = []
+            if self._queue is not None:
+                self.flush(old)
+            if old.pairer.pending_events or old.buffer:
+                self._draining.append(old)
+            new.pairer.inherit(old.pairer)
+            m.forget(old.version, old.drift.features)
+            m.switches.labels(model=self.config.model_name).inc()
+            log.info(
+                "%s: switching from version %s to %s (reference %s); %d half-pairs of %s drain",
+                self.config.model_name,
+                old.version,
+                new.version,
+                new.source,
+                old.pairer.pending_events,
+                old.version,
+            )
+        self.target = new
+        m.bind(new.version)
+        m.ensure_prediction(new.prediction_edges)
+        m.model_info.labels(**m.labels).set(1)
+        self.update_drift()
+        self._update_gauges()
+
+    def _retire_drained(self) -> None:
+        """Drop draining versions whose half-pairs are all written (their ids kept for dedupe)."""
+        for t in list(self._draining):
+            if t.pairer.pending_events:
+                continue
+            if t.buffer and self._queue is not None:
+                self.flush(t)
+            if not t.buffer:
+                self._draining.remove(t)
+                if self.target is not None:
+                    self.target.pairer.inherit(t.pairer)
+
+    def _load_production(self) -> _Target | None:
+        """Read the pointer (blocking); a new target when it names another version."""
+        assert self.store is not None and self.models_root is not None
+        model = self.config.model_name
+        pointer = read_production(self.store, self.models_root, model)
+        where = pointer_uri(self.models_root, model)
+        if pointer is None:
+            if self.target is None:
+                self._note_follow(f"no production version of {model} yet ({where}); waiting", False)
+            return None
+        if pointer.model != model:
+            raise DataError(f"{where}: names model {pointer.model!r}, not {model!r}")
+        if not pointer.version or "/" in pointer.version:
+            raise DataError(f"{where}: version {pointer.version!r} is not a version name")
+        current = self.target
+        if current is not None and (current.version, current.source) == (
+            pointer.version,
+            pointer.uri,
+        ):
+            return None
+        if current is not None and current.version == pointer.version:
+            return None  # same version republished elsewhere: same path, same reference
+        profile, order = load_reference(pointer.uri, self.store)
+        return _Target(pointer.version, pointer.uri, profile, order, self.config)
+
+    def _note_follow(self, message: str, error: bool = True) -> None:
+        if message != self._follow_error:
+            (log.error if error else log.info)("%s", message)
+        self._follow_error = message
+
+    async def poll_production(self) -> bool:
+        """Read the production pointer once; switch when it names a new version.
+
+        Returns True when the logger switched. Failures are logged (once per distinct
+        message) and counted; the current version goes on.
+        """
+        try:
+            new = await asyncio.to_thread(self._load_production)
+        except (KfloopError, OSError, ValueError) as exc:
+            self.metrics.pointer_errors.labels(model=self.config.model_name).inc()
+            assert self.models_root is not None
+            where = pointer_uri(self.models_root, self.config.model_name)
+            keep = f"; still logging {self.target.version}" if self.target else ""
+            self._note_follow(f"production pointer {where}: {exc}{keep}")
+            return False
+        if new is None or self._closing:
+            return False
+        self._follow_error = None
+        self._activate(new)
+        return True
+
+    async def _follower(self) -> None:
+        while True:
+            await self.poll_production()
+            await asyncio.sleep(self.config.follow_seconds)
 
     # -- drift --
 
     def update_drift(self) -> None:
         """Add the rows since the last update to the window and publish drift gauges."""
-        rows, self._drift_rows = self._drift_rows, []
+        target = self.target
+        if target is None:
+            return
+        rows, target.drift_rows = target.drift_rows, []
         m, lb = self.metrics, self.metrics.labels
+        drift = target.drift
         if rows:
-            names = self.schema.names
+            names = target.schema.names
             with_features = [r.features for r in rows if r.features is not None]
             columns = {
                 name: [f[i] for f in with_features]
                 for i, name in enumerate(names)
-                if name in self.drift.windows
+                if name in drift.windows
             }
             preds = [r.prediction for r in rows]
-            self.drift.add_columns(columns, preds)
-            observe = m.prediction_h.observe
-            for p in preds:
-                if p is not None and math.isfinite(p):
-                    observe(p)
-        for name, value in self.drift.feature_drift().items():
+            drift.add_columns(columns, preds)
+            if m.prediction_h is not None:
+                observe = m.prediction_h.observe
+                for p in preds:
+                    if p is not None and math.isfinite(p):
+                        observe(p)
+        for name, value in drift.feature_drift().items():
             m.psi.labels(**lb, feature=name).set(value.psi)
             m.js.labels(**lb, feature=name).set(value.js)
             m.missing.labels(**lb, feature=name).set(value.missing_rate)
-        pred = self.drift.prediction_drift()
+        pred = drift.prediction_drift()
         m.prediction_psi.labels(**lb).set(pred.psi)
         m.prediction_js.labels(**lb).set(pred.js)
         m.window_rows.labels(**lb).set(pred.rows)
 
     # -- writing --
 
-    def _make_schema(self) -> pa.Schema:
-        fields = [
-            pa.field("request_id", pa.string(), nullable=False),
-            pa.field("model_name", pa.string()),
-            pa.field("model_version", pa.string()),
-            pa.field("timestamp", pa.timestamp("us", tz="UTC")),
-            pa.field("endpoint", pa.string()),
-        ]
-        for name in self.schema.names:
-            kind = self.schema.kinds[name]
-            fields.append(pa.field(name, pa.float64() if kind == "numeric" else pa.string()))
-        fields.append(pa.field(PREDICTION, pa.float64()))
-        return pa.schema(fields)
-
-    def to_table(self, rows: Sequence[LogRow]) -> pa.Table:
-        """The Parquet contract's table of ``rows``."""
+    def to_table(self, rows: Sequence[LogRow], target: _Target | None = None) -> pa.Table:
+        """The Parquet contract's table of ``rows`` (of ``target``, default the current)."""
+        t = target or self._current()
         n = len(rows)
-        cfg = self.config
         arrays: list[pa.Array] = [
             pa.array([r.request_id for r in rows], pa.string()),
-            pa.array([cfg.model_name] * n, pa.string()),
-            pa.array([cfg.model_version] * n, pa.string()),
+            pa.array([self.config.model_name] * n, pa.string()),
+            pa.array([t.version] * n, pa.string()),
             pa.array([r.timestamp_us for r in rows], pa.timestamp("us", tz="UTC")),
             pa.array([r.endpoint for r in rows], pa.string()),
         ]
-        for i, name in enumerate(self.schema.names):
-            typ = pa.float64() if self.schema.kinds[name] == "numeric" else pa.string()
+        for i, name in enumerate(t.schema.names):
+            typ = pa.float64() if t.schema.kinds[name] == "numeric" else pa.string()
             values = [None if r.features is None else r.features[i] for r in rows]
             arrays.append(pa.array(values, typ))
         arrays.append(pa.array([r.prediction for r in rows], pa.float64()))
-        return pa.Table.from_arrays(arrays, schema=self._arrow_schema)
+        return pa.Table.from_arrays(arrays, schema=t.arrow_schema)
 
-    def partition_uri(self, hour_us: int) -> str:
+    def partition_uri(self, hour_us: int, version: str | None = None) -> str:
         """Where a file of the hour starting at ``hour_us`` (epoch microseconds) goes."""
         t = datetime.fromtimestamp(hour_us / 1_000_000, tz=UTC)
         cfg = self.config
+        version = version or self._current().version
         return (
-            f"{cfg.output.rstrip('/')}/{cfg.model_name}/{cfg.model_version}/"
+            f"{cfg.output.rstrip('/')}/{cfg.model_name}/{version}/"
             f"date={t:%Y-%m-%d}/hour={t:%H}/{uuid.uuid4().hex}.parquet"
         )
 
-    def flush(self) -> None:
-        """Hand the buffer to the writer (one batch per date/hour partition)."""
-        if self._drift_rows:
+    def flush(self, target: _Target | None = None) -> None:
+        """Hand a version's buffer (default: the current one's) to the writer, one batch per
+        date/hour partition."""
+        target = target or self.target
+        if target is None:
+            return
+        if target is self.target and target.drift_rows:
             self.update_drift()
-        rows, self._buffer = self._buffer, []
+        rows, target.buffer = target.buffer, []
         if not rows:
             return
         if self._queue is None:
@@ -543,33 +844,37 @@ class PayloadLogger:
             ]
         for batch in batches:
             self._inflight_rows += len(batch)
-            self._queue.put_nowait(batch)
+            self._queue.put_nowait((target, batch))
         self._update_gauges()
 
-    def write_batch(self, rows: Sequence[LogRow]) -> str:
+    def write_batch(self, rows: Sequence[LogRow], target: _Target | None = None) -> str:
         """Write one partition's rows as one Parquet file (blocking); returns its URI."""
-        table = self.to_table(rows)
-        uri = self.partition_uri((rows[0].timestamp_us // _US_PER_HOUR) * _US_PER_HOUR)
+        t = target or self._current()
+        table = self.to_table(rows, t)
+        uri = self.partition_uri((rows[0].timestamp_us // _US_PER_HOUR) * _US_PER_HOUR, t.version)
         started = time.perf_counter()
         write_parquet(table, uri, self.store)
-        lb = self.metrics.labels
-        self.metrics.write_seconds.labels(**lb).observe(time.perf_counter() - started)
-        self.metrics.files.labels(**lb).inc()
-        self.metrics.written_c.inc(len(rows))
+        m = self.metrics
+        lb = {"model": self.config.model_name, "version": t.version}
+        m.write_seconds.labels(**lb).observe(time.perf_counter() - started)
+        m.files.labels(**lb).inc()
+        m.written.labels(**lb).inc(len(rows))
         return uri
 
     async def _writer(self) -> None:
         assert self._queue is not None
         while True:
-            batch = await self._queue.get()
+            target, batch = await self._queue.get()
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    await asyncio.to_thread(self.write_batch, batch)
+                    await asyncio.to_thread(self.write_batch, batch, target)
                     break
                 except (KfloopError, OSError, pa.ArrowException) as exc:
-                    self.metrics.write_errors.labels(**self.metrics.labels).inc()
+                    self.metrics.write_errors.labels(
+                        model=self.config.model_name, version=target.version
+                    ).inc()
                     if self._closing and attempt >= SHUTDOWN_WRITE_ATTEMPTS:
                         log.error(
                             "giving up writing %d rows after %d attempts at shutdown: %s",
@@ -597,32 +902,38 @@ class PayloadLogger:
         while True:
             await asyncio.sleep(period)
             self.expire_orphans()
-            if self._buffer and time.monotonic() - self._buffer_since >= self.config.flush_seconds:
-                self.flush()
-            elif self._drift_rows:
+            now = time.monotonic()
+            for target in self._targets():
+                if target.buffer and now - target.buffer_since >= self.config.flush_seconds:
+                    self.flush(target)
+            if self.target is not None and self.target.drift_rows:
                 self.update_drift()
+            if self._draining:
+                self._retire_drained()
             self._update_gauges()
 
     async def start(self) -> None:
-        """Start the writer and the timer (call from the running event loop)."""
+        """Start the writer, the timer and the follower (call from the running event loop)."""
         self._queue = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._writer(), name="kfloop-logger-writer"),
             asyncio.create_task(self._ticker(), name="kfloop-logger-ticker"),
         ]
+        if self.config.follow_production:
+            self._tasks.append(asyncio.create_task(self._follower(), name="kfloop-logger-follow"))
         self.update_drift()
         self._update_gauges()
 
     async def close(self) -> None:
         """Refuse new events, write every half-pair and buffered row, stop the tasks."""
         self._closing = True
-        ticker = self._tasks[1] if len(self._tasks) > 1 else None
-        if ticker is not None:
-            ticker.cancel()
+        for task in self._tasks[1:]:  # the ticker and the follower; the writer goes on
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+                await task
         orphans = self.expire_orphans(everything=True)
-        self.flush()
+        for target in self._targets():
+            self.flush(target)
         if self._queue is not None:
             await self._queue.join()
         for task in self._tasks:
@@ -676,7 +987,11 @@ def create_app(service: PayloadLogger) -> Starlette:
     async def readyz(request: Request) -> Response:
         if service._closing:
             return JSONResponse({"status": "shutting down"}, 503)
-        return JSONResponse({"status": "ready"})
+        if service.target is None:
+            return JSONResponse(
+                {"status": f"no production version of {service.config.model_name} yet"}, 503
+            )
+        return JSONResponse({"status": "ready", "version": service.target.version})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -711,11 +1026,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     p.add_argument(
         "--reference-profile",
-        required=True,
-        help="the model folder (local or s3://) holding reference_profile.json, or the file",
+        default=None,
+        help="the model folder (local or s3://) holding reference_profile.json, or the file "
+        "(optional with --follow-production)",
     )
     p.add_argument("--model-name", required=True, help="model name (Parquet path, metrics)")
-    p.add_argument("--model-version", required=True, help="model version")
+    p.add_argument(
+        "--model-version", default="", help="model version (optional with --follow-production)"
+    )
+    p.add_argument(
+        "--follow-production",
+        action="store_true",
+        help="log the model's production version (s3://<models-bucket>/<model>/production.json)"
+        " and switch reference profile and version when it changes",
+    )
+    p.add_argument(
+        "--follow-seconds",
+        type=float,
+        default=d.follow_seconds,
+        help=f"how often the production pointer is read (default {d.follow_seconds:g})",
+    )
+    p.add_argument(
+        "--models-root",
+        default=None,
+        help="where the production pointer lives (default s3://$KFLOOP_MODELS_BUCKET)",
+    )
     p.add_argument(
         "--output",
         default=None,
@@ -739,13 +1074,31 @@ def logger_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
     try:
-        needs_s3 = args.output is None or is_s3_uri(args.output)
-        needs_s3 = needs_s3 or is_s3_uri(args.reference_profile)
+        follow = bool(args.follow_production)
+        if not follow:
+            for flag, value in (
+                ("--reference-profile", args.reference_profile),
+                ("--model-version", args.model_version),
+            ):
+                if not value:
+                    raise ConfigError(flag, "is required (unless --follow-production)")
+        if bool(args.reference_profile) != bool(args.model_version):
+            raise ConfigError(
+                "--reference-profile" if args.model_version else "--model-version",
+                "give --reference-profile and --model-version together",
+            )
+        needs_s3 = follow or args.output is None or is_s3_uri(args.output)
+        needs_s3 = needs_s3 or is_s3_uri(args.reference_profile or "")
         store = ObjectStore(Settings.from_env()) if needs_s3 else None
         output = args.output
         if output is None:
             assert store is not None
             output = f"s3://{store.settings.logs_bucket}"
+        models_root = None
+        if follow:
+            assert store is not None
+            models_root = args.models_root or f"s3://{store.settings.models_bucket}"
+            pointer_uri(models_root, args.model_name)  # checks both
         config = LoggerConfig(
             model_name=args.model_name,
             model_version=args.model_version,
@@ -757,21 +1110,43 @@ def logger_main(argv: list[str] | None = None) -> int:
             drift_every_rows=args.drift_every_rows,
             hold_seconds=args.hold_seconds,
             max_body_bytes=args.max_body_bytes,
+            follow_production=follow,
+            follow_seconds=args.follow_seconds,
         )
-        profile, order = load_reference(args.reference_profile, store)
-        service = PayloadLogger(config, profile, order, store)
+        profile: dict[str, Any] | None = None
+        order: list[str] | None = None
+        if args.reference_profile:
+            profile, order = load_reference(args.reference_profile, store)
+        service = PayloadLogger(
+            config,
+            profile,
+            order,
+            store,
+            models_root=models_root,
+            reference_source=args.reference_profile or "",
+        )
         if store is not None and is_s3_uri(output):
             store.ensure_bucket(S3Uri.parse(output, "output").bucket)
     except (KfloopError, ObjectStoreError) as exc:
         log.error("%s", exc)
         return 2
-    log.info(
-        "payload logger for %s/%s: %d features, writing to %s",
-        config.model_name,
-        config.model_version,
-        len(service.schema.names),
-        config.output,
-    )
+    if service.target is not None:
+        log.info(
+            "payload logger for %s/%s: %d features, writing to %s%s",
+            config.model_name,
+            service.target.version,
+            len(service.target.schema.names),
+            config.output,
+            f"; following {pointer_uri(models_root, config.model_name)}" if models_root else "",
+        )
+    else:
+        assert models_root is not None
+        log.info(
+            "payload logger for %s: waiting for %s, writing to %s",
+            config.model_name,
+            pointer_uri(models_root, config.model_name),
+            config.output,
+        )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(service),
