@@ -124,7 +124,13 @@ class LocalStack:
 
     def down(self) -> list[str]:
         """Stop every service; returns the names of those that were running."""
-        stopped = []
+        from kfloop.local.loop import stop_loop_services
+        from kfloop.local.monitoring import LocalMonitoring
+
+        # What a demo started and could not stop (killed outright): loop services first, then
+        # monitoring, then the object store they write to.
+        stopped = stop_loop_services(self.home)
+        stopped += LocalMonitoring(self.home).stop()
         weed = self._seaweedfs(self.settings())
         if weed.stop():
             stopped.append(weed.name)
