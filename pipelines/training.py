@@ -1,18 +1,23 @@
 """The training pipeline: raw data in, a blessed, accepted, parity-checked ONNX model out.
 
 ingest -> validate -> clean -> label -> split -> tune -> train -> evaluate -> package (ONNX,
-parity) -> acceptance (held-back test split, packaged model) -> publish.
+parity) -> acceptance (held-back test split, packaged model) -> publish -> deploy.
 
 Gating is by artifacts, not ``dsl.If`` (kfp 2.13's local runner has none): ``evaluate_model``
 writes a blessing, ``acceptance_test`` an acceptance result, and ``publish_model`` uploads to
-``s3://<models-bucket>/<model_name>/<version>/`` only when both pass; otherwise it records
-why and publishes nothing.
+``s3://<models-bucket>/<model_name>/<version>/`` only when both pass (with the training data's
+TFDV statistics, the reference the retraining pipeline validates fresh data against);
+otherwise it records why and publishes nothing. ``deploy_model`` then makes the published
+version the production version (the pointer ``<model_name>/production.json``; with
+``deploy_target="local"`` and a ``serving_url`` it first has the running ``kfloop serve`` load
+it and checks it serves it), or skips visibly when nothing was published.
 """
 
 from kfp import dsl
 
 from components.acceptance_test.component import acceptance_test
 from components.clean_data.component import clean_data
+from components.deploy_model.component import deploy_model
 from components.evaluate_model.component import evaluate_model
 from components.ingest_data.component import ingest_data
 from components.label_data.component import label_data
@@ -33,7 +38,7 @@ DEFAULT_OBJECTIVES = {"min": {"auc": 0.75}}
 @dsl.pipeline(
     name="kfloop-training",
     description="Ingest, validate, clean, label, split, tune, train, evaluate, package as "
-    "ONNX, acceptance-test and publish a tabular model.",
+    "ONNX, acceptance-test, publish and deploy a tabular model.",
 )
 def training_pipeline(
     data_uri: str,
@@ -55,6 +60,8 @@ def training_pipeline(
     max_latency_ms_p95: float = 50.0,
     slice_feature: str = "",
     seed: int = 0,
+    deploy_target: str = "none",
+    serving_url: str = "",
 ) -> str:
     """Train and package a model from ``data_uri`` (a path, glob, folder or s3:// URI).
 
@@ -78,6 +85,13 @@ def training_pipeline(
         max_latency_ms_p95: acceptance bound on single-row latency of the ONNX model.
         slice_feature: categorical feature to slice evaluation metrics by.
         seed: seed for splitting, tuning and training.
+        deploy_target: "none" (production pointer only), "local" (also load it into the
+            running kfloop serve at serving_url) or "kserve".
+        serving_url: base URL of the running kfloop serve (deploy_target "local").
+
+    Returns:
+        The deployed version URI, or "" when the model was not published (not blessed or
+        not accepted).
     """
     ingest = ingest_data(source_uri=data_uri, file_format=file_format)
     validate = validate_data(dataset=ingest.outputs["dataset"])
@@ -140,5 +154,14 @@ def training_pipeline(
         acceptance=accept.outputs["acceptance"],
         model_name=model_name,
         version=version,
+        statistics=validate.outputs["statistics"],
     )
-    return publish.outputs["Output"]
+    deploy = deploy_model(
+        model_uri=publish.outputs["Output"],
+        blessing=evaluate.outputs["blessing"],
+        acceptance=accept.outputs["acceptance"],
+        model_name=model_name,
+        target=deploy_target,
+        serving_url=serving_url,
+    )
+    return deploy.outputs["Output"]

@@ -10,7 +10,8 @@ objectives does NOT fail the step (the component returns False and later steps s
 publishing: ``kfloop.model.package.decide_release`` reads the folder).
 
 Artifact metadata of ``blessing``: ``blessed``, ``reasons``, ``task``, ``label``, ``rows``,
-``threshold``, ``has_baseline``. The logic is :func:`kfloop.model.evaluate.evaluate_model`.
+``threshold``, ``has_baseline``, ``baseline_version``. The logic is
+:func:`kfloop.model.evaluate.evaluate_model`.
 """
 
 from kfp import dsl
@@ -60,9 +61,11 @@ def evaluate_model(
             (classification) or rmse, mae, r2 (regression). Empty blesses any model.
         slice_feature: Column to report metrics per value of (top 10 values + __other__ +
             __missing__; slices under 30 rows are flagged small); empty for none.
-        baseline_model: The current production model (a trained-model folder), scored on the
-            same rows for max_regression objectives; omit it when there is no production model
-            yet (max_regression objectives are then reported as skipped).
+        baseline_model: The current production model, scored on the same rows for
+            max_regression objectives: a packaged folder (model.onnx + metadata.json, as
+            published; predicted with ONNX Runtime), a trained-model folder, or
+            resolve_champion's champion output. Omitted, or resolve_champion's "no champion"
+            folder (NO_CHAMPION.json): max_regression objectives are reported as skipped.
         threshold: Probability at or above which class 1 is predicted (classification).
 
     Returns:
@@ -115,6 +118,7 @@ def evaluate_model(
             "rows": result.rows,
             "threshold": result.threshold,
             "has_baseline": result.baseline_metrics is not None,
+            "baseline_version": (result.baseline or {}).get("version", ""),
         }
     )
     return result.blessed

@@ -1,6 +1,7 @@
 """KFP component ``publish_model``: the release gate at the end of the training pipeline.
 
-Uploads the ``package_onnx`` folder (model.onnx, metadata.json, MODEL_CARD.md) to
+Uploads the ``package_onnx`` folder (model.onnx, metadata.json, MODEL_CARD.md; plus the
+training statistics as stats.tfrecord when given) to
 ``s3://<KFLOOP_MODELS_BUCKET>/<model_name>/<version>/`` only when the evaluation blessing
 says ``blessed`` AND the acceptance test says ``passed``. Otherwise it publishes nothing and
 says why, in the log and in its ``release`` Markdown artifact: a visible skip, not a failure
@@ -21,6 +22,7 @@ def publish_model(
     acceptance: Input[Artifact] = None,
     model_name: str = "model",
     version: str = "",
+    statistics: Input[Artifact] = None,
 ) -> str:
     """Publish the packaged model to the registry when it is blessed and accepted.
 
@@ -33,6 +35,9 @@ def publish_model(
             not accepted.
         model_name: Model name in the models bucket (lowercase letters, digits, . _ -).
         version: Version folder; empty uses the version package_onnx recorded, else UTC time.
+        statistics: Optional TFDV statistics of the training data (validate_data's statistics
+            output), published as stats.tfrecord next to model.onnx: the reference the next
+            retraining run validates its fresh data against (resolve_champion).
 
     Returns:
         The published URI (s3://<models-bucket>/<model_name>/<version>/), or "" when the model
@@ -76,6 +81,7 @@ def publish_model(
             ObjectStore(settings),
             blessed=decision.blessed,
             accepted=decision.accepted,
+            statistics_path=statistics.path if statistics is not None else None,
         )
         assert uri == version_uri(root, model_name, version)
         log.info("published %s %s to %s", model_name, version, uri)

@@ -4,8 +4,15 @@
 the trained-model folder, through :func:`kfloop.model.predict.load_trained_model`), computes
 the task's metrics (:mod:`kfloop.model.metrics`), metrics per slice of one feature, and checks
 the codified objectives (:mod:`kfloop.model.objectives`). When the current production model is
-given (``baseline_model_dir``, also a trained-model folder), it is scored on the same rows and
-``max_regression`` objectives compare the two (champion/challenger).
+given (``baseline_model_dir``), it is scored on the same rows and ``max_regression`` objectives
+compare the two (champion/challenger). The baseline is one of:
+
+* a trained-model folder (``feature_spec.json`` + ``model.keras``), predicted with Keras;
+* a packaged model folder (``model.onnx`` + ``metadata.json``, what ``package_onnx`` writes and
+  ``publish_model`` publishes: the production model as it serves), predicted with ONNX Runtime
+  on the raw feature columns;
+* a "no champion" folder (holding :data:`kfloop.deploy.champion.NO_CHAMPION_FILE`, what
+  ``resolve_champion`` writes when nothing is deployed yet): no baseline, as if omitted.
 
 It writes two files to ``output_dir``:
 
@@ -59,6 +66,8 @@ from kfloop.model.objectives import (
 SPEC_FILE = "feature_spec.json"
 BLESSING_FILE = "blessing.json"
 EVALUATION_FILE = "evaluation.json"
+ONNX_FILE = "model.onnx"  # = kfloop.model.package.ONNX_FILE (not imported: it loads onnx)
+PACKAGE_METADATA_FILE = "metadata.json"
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,75 @@ class ModelInfo:
     label: str
     task: str
     features: tuple[str, ...]
+    kind: str = "keras"
+    version: str = ""
+
+
+def read_package_info(package_dir: Path, field: str) -> ModelInfo:
+    """Read label, task and feature names of a packaged model from its ``metadata.json``.
+
+    Raises:
+        ConfigError: naming ``field`` when ``model.onnx`` is missing or the metadata is not
+            a kfloop package's.
+    """
+    meta_path = package_dir / PACKAGE_METADATA_FILE
+    if not (package_dir / ONNX_FILE).is_file():
+        raise ConfigError(
+            field,
+            f"{package_dir} has {PACKAGE_METADATA_FILE} but no {ONNX_FILE}; pass the "
+            "folder package_onnx wrote (or publish_model published)",
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        spec = meta["feature_spec"]
+        label = str(spec["label"])
+        task = str(spec["task"])
+        features = tuple(str(f["name"]) for f in spec["features"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            field, f"{meta_path} is not a kfloop package metadata file: {exc!r}"
+        ) from None
+    if task not in TASKS:
+        raise ConfigError(field, f"{meta_path}: unknown task {task!r}; expected one of {TASKS}")
+    from kfloop.deploy.champion import CHAMPION_FILE
+
+    version = str(meta.get("version") or "")
+    champion = package_dir / CHAMPION_FILE  # resolve_champion's record of the pointer
+    if champion.is_file():
+        try:
+            version = str(json.loads(champion.read_text(encoding="utf-8"))["version"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            pass  # the published metadata's version stands
+    return ModelInfo(package_dir, label, task, features, "onnx", version)
+
+
+def is_no_baseline(path: str | os.PathLike[str] | None) -> bool:
+    """True for ``None``, ``""`` or a folder holding the "no champion" marker of
+    ``resolve_champion`` (:data:`kfloop.deploy.champion.NO_CHAMPION_FILE`)."""
+    from kfloop.deploy.champion import NO_CHAMPION_FILE
+
+    if path is None or os.fspath(path) == "":
+        return True
+    folder = Path(path)
+    return folder.is_dir() and (folder / NO_CHAMPION_FILE).is_file()
+
+
+def read_baseline_info(baseline_dir: str | os.PathLike[str], field: str) -> ModelInfo:
+    """A baseline (production) model: a packaged ONNX folder or a trained-model folder."""
+    folder = Path(baseline_dir)
+    if (
+        folder.is_dir()
+        and (folder / PACKAGE_METADATA_FILE).is_file()
+        and not (folder / SPEC_FILE).is_file()
+    ):
+        return read_package_info(folder, field)
+    if folder.is_dir() and not (folder / SPEC_FILE).is_file():
+        raise ConfigError(
+            field,
+            f"{folder} is neither a trained-model folder ({SPEC_FILE}) nor a packaged model "
+            f"({ONNX_FILE} + {PACKAGE_METADATA_FILE})",
+        )
+    return read_model_info(folder, field)
 
 
 def read_model_info(model_dir: str | os.PathLike[str], field: str = "model_dir") -> ModelInfo:
@@ -176,6 +254,30 @@ def predict_with_trained_model(model_dir: str | os.PathLike[str], table: pa.Tabl
     return check_predictions(predictions, table.num_rows, str(model_dir))
 
 
+def predict_with_package(package_dir: str | os.PathLike[str], table: pa.Table) -> NDArray[Any]:
+    """Predictions (n,) of a packaged model (``model.onnx`` + ``metadata.json``) for a raw
+    table, with ONNX Runtime on CPU: the production model exactly as it serves.
+
+    Raises:
+        DataError: a feature column is missing, or the predictions are unusable.
+    """
+    import onnxruntime as ort
+
+    from kfloop.model.features import FeatureSpec, table_to_inputs
+    from kfloop.model.package import onnx_predict
+
+    folder = Path(package_dir)
+    meta = json.loads((folder / PACKAGE_METADATA_FILE).read_text(encoding="utf-8"))
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    inputs = table_to_inputs(table, spec, f"validation rows for the production model {folder}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+    )
+    return check_predictions(onnx_predict(session, inputs), table.num_rows, str(folder))
+
+
 def check_predictions(predictions: NDArray[Any], rows: int, source: str) -> NDArray[np.float64]:
     """Flatten predictions and check their count and finiteness.
 
@@ -236,6 +338,8 @@ class EvaluationResult:
         roc: ROC curve points (classification, <= 200 points) or ``None``.
         blessing_path: Path of ``blessing.json``.
         evaluation_path: Path of ``evaluation.json``.
+        baseline: ``{"kind": "onnx"|"keras", "path", "version"}`` of the production model
+            compared against, or ``None`` (no production model).
     """
 
     blessed: bool
@@ -253,6 +357,7 @@ class EvaluationResult:
     roc: RocCurve | None
     blessing_path: Path
     evaluation_path: Path
+    baseline: dict[str, str] | None = None
 
     def blessing(self) -> dict[str, Any]:
         """The content of ``blessing.json``."""
@@ -261,6 +366,7 @@ class EvaluationResult:
             "reasons": list(self.reasons),
             "metrics": self.metrics,
             "baseline_metrics": self.baseline_metrics,
+            "baseline": self.baseline,
             "objectives": [o.to_dict() for o in self.objectives],
         }
 
@@ -274,6 +380,7 @@ class EvaluationResult:
             "blessed": self.blessed,
             "metrics": self.metrics,
             "baseline_metrics": self.baseline_metrics,
+            "baseline": self.baseline,
             "objectives": [o.to_dict() for o in self.objectives],
             "slice_feature": self.slice_feature,
             "slices": [s.to_dict() for s in self.slices],
@@ -325,9 +432,11 @@ def evaluate_model(
             any model that can be evaluated.
         slice_feature: Column to compute metrics per value of (top ``slice_top_n`` values +
             ``__other__`` + ``__missing__``); ``None`` or ``""`` for no slicing.
-        baseline_model_dir: The current production model (a trained-model folder) or
-            ``None``. It is scored on the same rows; ``max_regression`` objectives compare
-            against it.
+        baseline_model_dir: The current production model: a packaged folder (``model.onnx``
+            + ``metadata.json``, predicted with ONNX Runtime), a trained-model folder, or
+            ``None``/``""``/a ``resolve_champion`` "no champion" folder for none. It is scored
+            on the same rows; ``max_regression`` objectives compare against it (and are
+            reported as skipped without one).
         threshold: Decision threshold for accuracy/precision/recall/f1 and the confusion
             matrix (classification), strictly between 0 and 1.
         slice_top_n: Values of ``slice_feature`` that get their own slice.
@@ -350,8 +459,9 @@ def evaluate_model(
     info = read_model_info(model_dir, "model_dir")
     parsed = parse_objectives(objectives, info.task, field="objectives")
     baseline_info: ModelInfo | None = None
-    if baseline_model_dir is not None and os.fspath(baseline_model_dir) != "":
-        baseline_info = read_model_info(baseline_model_dir, "baseline_model_dir")
+    if not is_no_baseline(baseline_model_dir):
+        assert baseline_model_dir is not None
+        baseline_info = read_baseline_info(baseline_model_dir, "baseline_model_dir")
         if (baseline_info.task, baseline_info.label) != (info.task, info.label):
             raise ConfigError(
                 "baseline_model_dir",
@@ -372,8 +482,18 @@ def evaluate_model(
     predictions = predict_with_trained_model(info.model_dir, table)
     metrics = clean_metrics(compute_metrics(info.task, labels, predictions, cut))
     baseline_metrics: dict[str, float | None] | None = None
+    baseline: dict[str, str] | None = None
     if baseline_info is not None:
-        base_pred = predict_with_trained_model(baseline_info.model_dir, table)
+        base_pred = (
+            predict_with_package(baseline_info.model_dir, table)
+            if baseline_info.kind == "onnx"
+            else predict_with_trained_model(baseline_info.model_dir, table)
+        )
+        baseline = {
+            "kind": baseline_info.kind,
+            "path": str(baseline_info.model_dir),
+            "version": baseline_info.version,
+        }
         baseline_metrics = clean_metrics(compute_metrics(info.task, labels, base_pred, cut))
 
     slices: list[SliceMetrics] = []
@@ -418,6 +538,7 @@ def evaluate_model(
         roc=roc,
         blessing_path=blessing_path,
         evaluation_path=evaluation_path,
+        baseline=baseline,
     )
     try:
         write_json_atomic(evaluation_path, result.evaluation())
@@ -461,6 +582,14 @@ def evaluation_markdown(result: EvaluationResult) -> str:
         parts.extend(f"- {reason}" for reason in result.reasons)
         parts.append("")
     parts.append("## Metrics\n")
+    if result.baseline is not None:
+        version = result.baseline.get("version") or "unversioned"
+        parts.append(
+            f"Compared with the production model `{version}` ({result.baseline['kind']}) on "
+            "the same rows.\n"
+        )
+    elif any(o.op == "max_regression" for o in result.objectives):
+        parts.append("No production model to compare with: max_regression objectives skipped.\n")
     header = "| metric | candidate |" + (" production |" if result.baseline_metrics else "")
     parts.append(header)
     parts.append("|---|---|" + ("---|" if result.baseline_metrics else ""))

@@ -67,6 +67,9 @@ ONNX_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "MODEL_CARD.md"
 PROFILE_FILE = "reference_profile.json"  # the drift monitor's reference, from train_model
+STATISTICS_FILE = "stats.tfrecord"
+"""Training-data TFDV statistics published next to model.onnx (optional): the reference the
+next retraining run validates its fresh window against (``resolve_champion``)."""
 OUTPUT_NAME = "prediction"
 BATCH_DIM = "N"
 METADATA_VERSION = 1
@@ -863,8 +866,13 @@ def publish_model(
     *,
     blessed: bool,
     accepted: bool,
+    statistics_path: str | os.PathLike[str] | None = None,
 ) -> str:
     """Upload a packaged-model folder to ``<models_uri_root>/<model_name>/<version>/``.
+
+    With ``statistics_path`` (the TFDV statistics of the training data, ``validate_data``'s
+    ``statistics`` output: a file, or a folder holding ``stats.tfrecord``), they are uploaded
+    too, as :data:`STATISTICS_FILE`, for the next retraining run's drift check.
 
     Only a model that is both ``blessed`` and ``accepted`` is uploaded; otherwise nothing is
     uploaded, the reason is logged and ``""`` is returned. An existing version is never
@@ -876,7 +884,8 @@ def publish_model(
 
     Raises:
         VersionExistsError: the version already has objects (naming its URI).
-        ConfigError: bad URI, name or version; the folder lacks model.onnx or metadata.json.
+        ConfigError: bad URI, name or version; the folder lacks model.onnx or metadata.json;
+            ``statistics_path`` names no file (field ``statistics``).
         ObjectStoreError: the upload failed.
     """
     target = version_uri(models_uri_root, model_name, version)
@@ -887,6 +896,17 @@ def publish_model(
             "package_dir",
             f"{folder} has no {' or '.join(missing)}; pass the folder package_onnx wrote",
         )
+    statistics: Path | None = None
+    if statistics_path is not None and os.fspath(statistics_path) != "":
+        statistics = Path(statistics_path)
+        if statistics.is_dir():
+            statistics = statistics / STATISTICS_FILE
+        if not statistics.is_file() or statistics.stat().st_size == 0:
+            raise ConfigError(
+                "statistics",
+                f"{statistics_path}: no statistics file (validate_data's statistics output, "
+                f"or a folder holding {STATISTICS_FILE})",
+            )
     if not (blessed and accepted):
         why = [w for w, ok in (("not blessed", blessed), ("not accepted", accepted)) if not ok]
         log.warning("not publishing %s to %s: model is %s", folder, target, " and ".join(why))
@@ -896,15 +916,23 @@ def publish_model(
     if existing is not None:
         raise VersionExistsError(target)
     files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.name != METADATA_FILE),
+        (
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and p.name != METADATA_FILE
+            and not (statistics is not None and p.relative_to(folder).as_posix() == STATISTICS_FILE)
+        ),
         key=lambda p: p.relative_to(folder).as_posix(),
     )
-    files.append(folder / METADATA_FILE)
+    uploads = [(p, p.relative_to(folder).as_posix()) for p in files]
+    if statistics is not None:
+        uploads.append((statistics, STATISTICS_FILE))
+    uploads.append((folder / METADATA_FILE, METADATA_FILE))
     uploaded: list[ObjectInfo] = []
     try:
         store.ensure_bucket(prefix.bucket)
-        for path in files:
-            rel = path.relative_to(folder).as_posix()
+        for path, rel in uploads:
             content_type = (
                 "application/json"
                 if rel.endswith(".json")
@@ -922,5 +950,5 @@ def publish_model(
             except ObjectStoreError as exc:
                 log.error("could not remove %s after a failed publish: %s", info.uri, exc)
         raise
-    log.info("published %s (%d files) to %s", folder, len(files), target)
+    log.info("published %s (%d files) to %s", folder, len(uploads), target)
     return target

@@ -1,6 +1,7 @@
 """Compile the pipelines under ``pipelines/`` to ``pipelines/compiled/<name>.yaml``.
 
-``python -m kfloop.pipelines.compile`` (what ``make compile`` runs) writes the YAML;
+``python -m kfloop.pipelines.compile [NAME ...]`` (what ``make compile`` runs) writes the YAML
+(of the named pipelines only, when names are given);
 ``--check`` recompiles into memory and exits 1 when a checked-in file is stale, printing
 a diff. The comparison ignores what changes with the kfp version alone (``sdkVersion`` and
 kfp package pins), as kfp's own ``compiler/read_write_test.py`` does.
@@ -77,10 +78,17 @@ def stale(name: str, root: Path | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 when compiled YAML is stale")
+    parser.add_argument(
+        "names", nargs="*", help="pipelines to compile or check (default: every one)"
+    )
     args = parser.parse_args(argv)
     names = available()
     if not names:
         raise KfloopError("no pipelines found under pipelines/")
+    unknown = sorted(set(args.names) - set(names))
+    if unknown:
+        raise KfloopError(f"unknown pipeline(s) {unknown}; available: {names}")
+    names = [n for n in names if not args.names or n in args.names]
     failed = False
     for name in names:
         if args.check:
