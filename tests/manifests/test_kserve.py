@@ -89,7 +89,7 @@ def test_kfloop_runtime_serves_the_storage_uri_with_the_serving_image() -> None:
     (container,) = predictor["containers"]
     assert container["image"] == SERVING_IMAGE
     assert container["name"] == "kserve-container"
-    assert container["args"][:2] == ["serve", "--model-uri=/mnt/models"]
+    assert container["args"][:3] == ["serve", "--host=0.0.0.0", "--model-uri=/mnt/models"]
     assert {"name": "STORAGE_URI", "value": URI} in container["env"]
     assert predictor["canaryTrafficPercent"] == 10
     assert predictor["serviceAccountName"] == "kfloop-predictor"

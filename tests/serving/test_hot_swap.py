@@ -42,6 +42,8 @@ AFTER_SWAP = 300  # requests answered after the load returned
 MAX_REQUESTS = 2000  # bound of the whole loop
 MAX_SECONDS = 120.0
 TOLERANCE = 1e-6
+ADMIN_TOKEN = "hot-swap-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +107,7 @@ def load(server: PredictorProcess, uri: str | None = None, body: Any = None) -> 
     return requests.post(
         f"{server.base}/v2/repository/models/{MODEL_NAME}/load",
         data=b"" if body is None else json.dumps(body),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **ADMIN},
         timeout=300,
     )
 
@@ -201,7 +203,7 @@ def test_load_swaps_versions_without_a_failed_request(
     new = ort_predict(second_model.package, columns)
     assert np.all(np.abs(old - new) > 10 * TOLERANCE), "the two versions must differ"
 
-    env = {**os.environ, **settings.to_env()}
+    env = {**os.environ, **settings.to_env(), "KFLOOP_SERVING_ADMIN_TOKEN": ADMIN_TOKEN}
     server = start_predictor(v1_uri, tmp_path / "swap.log", ["--grpc-port", "0"], env=env)
     traffic = Traffic(server, rows)
     try:
@@ -250,7 +252,7 @@ def test_failed_load_keeps_the_old_version_then_unload_and_reload(
     tmp_path: Path,
 ) -> None:
     _NUMERIC.update(built_model.numeric)
-    env = {**os.environ, **settings.to_env()}
+    env = {**os.environ, **settings.to_env(), "KFLOOP_SERVING_ADMIN_TOKEN": ADMIN_TOKEN}
     server = start_predictor(
         str(built_model.package), tmp_path / "fail.log", ["--grpc-port", "0"], env=env
     )
@@ -281,12 +283,13 @@ def test_failed_load_keeps_the_old_version_then_unload_and_reload(
             response = requests.post(
                 f"{server.base}/v2/repository/models/{MODEL_NAME}/load",
                 data=body if isinstance(body, str) else json.dumps(body),
+                headers=ADMIN,
                 timeout=30,
             )
             assert response.status_code == 400 and field in response.json()["error"]
 
         unloaded = requests.post(
-            f"{server.base}/v2/repository/models/{MODEL_NAME}/unload", timeout=30
+            f"{server.base}/v2/repository/models/{MODEL_NAME}/unload", headers=ADMIN, timeout=30
         )
         assert unloaded.status_code == 200, unloaded.text
         assert served().status_code == 404

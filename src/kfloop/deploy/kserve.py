@@ -234,6 +234,8 @@ def inference_service(
                 "image": image,
                 "args": [
                     "serve",
+                    # kfloop serve binds 127.0.0.1 unless told; the pod must answer its probes.
+                    "--host=0.0.0.0",
                     f"--model-uri={MODEL_MOUNT}",
                     f"--model-name={model_name}",
                     f"--http-port={HTTP_PORT}",

@@ -4,8 +4,9 @@ One asyncio worker task per :class:`DynamicBatcher` takes the queued requests; w
 one is waiting it waits at most ``max_wait_ms`` for others to join (stopping early once
 ``max_batch_rows`` rows are gathered), while a lone request runs at once (waiting would only
 add latency). It concatenates their columns, runs the model ONCE (a batch of at most
-``inline_max_rows`` rows directly on the event loop, cheaper than a thread hand-over for a
-small ONNX Runtime call; a bigger one in a worker thread, ONNX Runtime releases the GIL), and
+``inline_max_rows`` (``--inline-max-rows``) rows directly on the event loop, cheaper than a
+thread hand-over for a small ONNX Runtime call; a bigger one in a worker thread, ONNX Runtime
+releases the GIL), and
 hands every caller its own rows back. While a batch runs, new requests queue up and form the
 next batch, so under load batches grow without any wait; with ``max_wait_ms=0`` only that
 happens. A request larger than ``max_batch_rows`` runs alone; a

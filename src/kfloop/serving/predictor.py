@@ -19,6 +19,18 @@ Protocols (all served by one ``kserve.ModelServer`` process):
   ``{"parameters": {"uri": "s3://<models>/<model>/<version>/"}}``) and ``.../unload``: a hot
   swap of the served version with no failed request (:class:`HotSwapRepository`).
 
+``kfloop serve`` binds REST and gRPC to ``--host`` (default ``127.0.0.1``; images pass
+``0.0.0.0``) through :class:`KfloopModelServer`, which also puts the raw ASGI front of
+:mod:`kfloop.serving.fastpath` before KServe's FastAPI app: plain v2 inference (JSON and
+binary tensors) is answered there, byte for byte as KServe would, without FastAPI, pydantic
+and KServe's request objects; everything else falls through to KServe. The repository
+load/unload endpoints (REST and gRPC) need ``Authorization: Bearer <token>``
+(``KFLOOP_SERVING_ADMIN_TOKEN`` or ``--admin-token-file``): 401 without it; with no token
+configured they are refused (403) unless ``--allow-unauthenticated-admin``. On SIGTERM the
+servers stop taking requests and answer those in flight, then the queued payload events are
+posted for at most ``--logger-drain-seconds`` before the process exits. uvicorn's access log
+is off unless ``--access-log``.
+
 Every input is checked against the signature (:mod:`kfloop.serving.signature`): a bad request
 is KServe's ``InvalidInput`` (HTTP 400, gRPC ``INVALID_ARGUMENT``) naming the input; a body
 above ``--max-body-bytes`` is HTTP 413 (gRPC ``RESOURCE_EXHAUSTED``). Concurrent requests are
@@ -42,32 +54,49 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kserve
 import numpy as np
 import onnxruntime as ort
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import InferenceError, InvalidInput
 from kserve.model_repository import ModelRepository
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.rest.server import RESTServer
 from prometheus_client import Counter, Histogram
 
 from kfloop.core.errors import ConfigError, DataError, KfloopError
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
 from kfloop.core.settings import Settings
 from kfloop.serving.batcher import DynamicBatcher
-from kfloop.serving.payload_events import EventIdentity, PayloadEmitter, v2_json_inputs
+from kfloop.serving.fastpath import ADMIN_TOKEN_ENV, AdminGuard, PredictorFront
+from kfloop.serving.payload_events import (
+    DEFAULT_SENDERS,
+    EventIdentity,
+    PayloadEmitter,
+    v2_json_inputs,
+)
 from kfloop.serving.signature import (
     DEFAULT_MAX_ROWS,
     Signature,
     SignatureError,
     TensorHeader,
     check_v2_headers,
+    decode_binary,
     v1_columns,
     v2_column,
 )
@@ -80,6 +109,8 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 8081
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_WAIT_MS = 1.0
+DEFAULT_DRAIN_S = 10.0
+DEFAULT_HOST = "127.0.0.1"
 MODEL_URI_ENV = "KFLOOP_MODEL_URI"
 
 REQUESTS = Counter(
@@ -144,6 +175,9 @@ class ServeOptions:
     component: str = "predictor"
     endpoint: str = "default"
     logger_source: str = ""
+    logger_senders: int = DEFAULT_SENDERS
+    logger_drain_seconds: float = DEFAULT_DRAIN_S
+    inline_max_rows: int = 64
     intra_op_threads: int = 0
 
     def check(self) -> None:
@@ -156,6 +190,14 @@ class ServeOptions:
             raise ConfigError("max_wait_ms", f"must be in [0, 1000], got {self.max_wait_ms!r}")
         if self.intra_op_threads < 0:
             raise ConfigError("intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
+        if not 1 <= self.logger_senders <= 64:
+            raise ConfigError("logger_senders", f"must be in [1, 64], got {self.logger_senders}")
+        if not 0 <= self.logger_drain_seconds <= 3600:
+            raise ConfigError(
+                "logger_drain_seconds", f"must be in [0, 3600], got {self.logger_drain_seconds}"
+            )
+        if self.inline_max_rows < 0:
+            raise ConfigError("inline_max_rows", f"must be >= 0, got {self.inline_max_rows}")
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -251,7 +293,10 @@ class OnnxPredictor(kserve.Model):
         )
         # A hot-swapped version takes over its predecessor's emitter (queue and sender).
         self.emitter = emitter or PayloadEmitter(
-            self.options.logger_url, identity, queue_size=self.options.logger_queue_size
+            self.options.logger_url,
+            identity,
+            queue_size=self.options.logger_queue_size,
+            senders=self.options.logger_senders,
         )
 
     # kserve hooks ----------------------------------------------------------------------------
@@ -326,6 +371,7 @@ class OnnxPredictor(kserve.Model):
             self._run,
             max_batch_rows=self.options.max_batch_rows,
             max_wait_ms=self.options.max_wait_ms,
+            inline_max_rows=self.options.inline_max_rows,
             on_batch=self._on_batch,
         )
         self.ready = True
@@ -386,6 +432,146 @@ class OnnxPredictor(kserve.Model):
         # ONNX Runtime takes the inputs by name; keep the signature's order for logging.
         return {name: columns[name] for name in self.signature.names}, rows
 
+    def _emit_v2(
+        self,
+        request_id: str,
+        columns: dict[str, np.ndarray],
+        rows: int,
+        predictions: np.ndarray,
+        request_body: bytes | None = None,
+    ) -> None:
+        """Queue the request/response CloudEvents of one v2 inference (when logging is on).
+
+        ``request_body``: the JSON body as it arrived, logged as is (what the KServe agent
+        does); else the request is logged as v2 JSON rebuilt from the decoded columns.
+        """
+        if not self.emitter.enabled:
+            return
+        assert self.signature is not None
+        # Bodies built and serialised by the emitter's senders, off the request path.
+        output_name = self.signature.output
+        self.emitter.emit(
+            request_id,
+            request_body
+            if request_body is not None
+            else lambda: {"id": request_id, "inputs": v2_json_inputs(columns, rows)},
+            lambda: {
+                "id": request_id,
+                "model_name": self.name,
+                "outputs": [
+                    {
+                        "name": output_name,
+                        "shape": [rows, 1],
+                        "datatype": "FP32",
+                        "data": predictions.reshape(-1).tolist(),
+                    }
+                ],
+            },
+        )
+
+    # the raw ASGI fast path (kfloop.serving.fastpath) ---------------------------------------------
+
+    def fast_version_ok(self, version: str | None) -> bool:
+        """Whether the fast path may answer ``/versions/<version>/infer`` (the served one)."""
+        return version is None or version == str(self.metadata.get("version", ""))
+
+    async def fast_infer(
+        self,
+        inputs: list[dict[str, Any]],
+        request_id: str,
+        model_version: str | None = None,
+        binary_output: bool = False,
+        requested_output: str | None = None,
+        json_body: bytes | None = None,
+    ) -> tuple[int, bytes, int | None]:
+        """A plain v2 request (``inputs`` as parsed, with ``data`` or binary ``raw``) ->
+        (HTTP status, answer, length of the JSON header when the answer is binary).
+        ``json_body``: the request's JSON body, logged as it arrived (payload events).
+
+        Same checks, batching, metrics and payload events as :meth:`predict`, and the same
+        body KServe would answer: 200 with the response (JSON, or the JSON header and the
+        raw FP32 predictions when ``binary_output``), 400 naming the input, 500 when ONNX
+        Runtime fails.
+        """
+        signature, batcher = self.signature, self.batcher
+        if signature is None or batcher is None:
+            return 503, orjson.dumps({"error": f"Model with name {self.name} is not ready."}), None
+        started = time.perf_counter()
+        try:
+            headers = [TensorHeader(i["name"], i["datatype"].upper(), i["shape"]) for i in inputs]
+            rows = check_v2_headers(signature, headers, max_rows=self.options.max_rows_per_request)
+            decoded: dict[str, np.ndarray] = {}
+            for item in inputs:
+                spec = signature.input(item["name"])
+                assert spec is not None
+                raw = item.get("raw")
+                data = item["data"] if raw is None else decode_binary(spec.name, spec.datatype, raw)
+                decoded[spec.name] = v2_column(spec, data, rows, allow_inf=self.options.allow_inf)
+        except SignatureError as exc:
+            REQUESTS.labels(self.name, "v2", "invalid").inc()
+            return 400, orjson.dumps({"error": str(exc)}), None
+        columns = {name: decoded[name] for name in signature.names}
+        REQUEST_ROWS.labels(self.name).observe(rows)
+        try:
+            predictions = await batcher.predict(columns)
+        except Exception as exc:  # ONNX Runtime's own error types
+            REQUESTS.labels(self.name, "v2", "error").inc()
+            log.error("ONNX Runtime failed on a batch holding a %d-row request: %s", rows, exc)
+            return 500, orjson.dumps({"error": f"ONNX Runtime failed: {exc}"}), None
+        json_length: int | None = None
+        if requested_output is not None and requested_output != signature.output:
+            # KServe's answer (after running the model) to an output the model does not have.
+            message = f"Unexpected inference output '{requested_output}' for model '{self.name}'"
+            return 400, orjson.dumps({"error": message}), None
+        if binary_output:
+            # KServe's InferResponse.to_rest for binary outputs: its key order, raw float32.
+            raw_out = np.ascontiguousarray(predictions, dtype="<f4").tobytes()
+            header = orjson.dumps(
+                {
+                    "id": request_id,
+                    "model_name": self.name,
+                    "model_version": model_version,
+                    "outputs": [
+                        {
+                            "name": signature.output,
+                            "shape": [rows, 1],
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": len(raw_out)},
+                        }
+                    ],
+                }
+            )
+            json_length = len(header)
+            answer = header + raw_out
+        else:
+            answer = self._json_answer(request_id, model_version, rows, predictions)
+        self._emit_v2(request_id, columns, rows, predictions, json_body)
+        REQUESTS.labels(self.name, "v2", "ok").inc()
+        LATENCY.labels(self.name, "v2").observe(time.perf_counter() - started)
+        return 200, answer, json_length
+
+    def _json_answer(
+        self, request_id: str, model_version: str | None, rows: int, predictions: np.ndarray
+    ) -> bytes:
+        assert self.signature is not None
+        return orjson.dumps(
+            {
+                "model_name": self.name,
+                "model_version": model_version,
+                "id": request_id,
+                "parameters": None,
+                "outputs": [
+                    {
+                        "name": self.signature.output,
+                        "shape": [rows, 1],
+                        "datatype": "FP32",
+                        "parameters": None,
+                        "data": predictions.reshape(-1).tolist(),
+                    }
+                ],
+            }
+        )
+
     async def predict(
         self,
         payload: Any,
@@ -442,25 +628,7 @@ class OnnxPredictor(kserve.Model):
                 use_binary_outputs=payload.use_binary_outputs,
                 requested_outputs=payload.request_outputs,
             )
-            if self.emitter.enabled:
-                # Bodies built and serialised by the emitter's senders, off the request path.
-                output_name = self.signature.output
-                self.emitter.emit(
-                    request_id,
-                    lambda: {"id": request_id, "inputs": v2_json_inputs(columns, rows)},
-                    lambda: {
-                        "id": request_id,
-                        "model_name": self.name,
-                        "outputs": [
-                            {
-                                "name": output_name,
-                                "shape": [rows, 1],
-                                "datatype": "FP32",
-                                "data": predictions.reshape(-1).tolist(),
-                            }
-                        ],
-                    },
-                )
+            self._emit_v2(request_id, columns, rows, predictions)
         else:
             response = {"predictions": predictions.reshape(-1).tolist()}
             if self.emitter.enabled:
@@ -586,6 +754,10 @@ class HotSwapRepository(ModelRepository):
                 raise
             self.install(name, model)
         return True
+
+    def emitters(self) -> list[PayloadEmitter]:
+        """The payload emitters of every name ever served (one per name, shared by versions)."""
+        return list(self._emitters.values())
 
     def unload(self, name: str) -> None:
         """Stop serving ``name`` (KeyError if it is not served); its last URI is remembered."""
@@ -718,6 +890,236 @@ async def _validation_error_handler(_: Any, exc: RequestValidationError) -> JSON
     )
 
 
+# -- the model server: bind address, admin guard, fast path, drain on SIGTERM --------------------
+
+_REPOSITORY_RPCS = (
+    "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/inference.GRPCInferenceService/RepositoryModelUnload",
+)
+
+
+class AdminInterceptor(grpc.aio.ServerInterceptor):
+    """gRPC ``RepositoryModelLoad``/``Unload`` under the same :class:`AdminGuard` as REST:
+    ``UNAUTHENTICATED`` (no/wrong ``authorization: Bearer`` metadata) or ``PERMISSION_DENIED``
+    (no token configured)."""
+
+    def __init__(self, guard: AdminGuard) -> None:
+        self.guard = guard
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if details.method in _REPOSITORY_RPCS:
+            refusal = self.guard.allows_metadata(details.invocation_metadata)
+            if refusal is not None:
+                status, message = refusal
+                code = (
+                    grpc.StatusCode.UNAUTHENTICATED
+                    if status == 401
+                    else grpc.StatusCode.PERMISSION_DENIED
+                )
+
+                async def deny(request: Any, context: Any) -> Any:
+                    await context.abort(code, message)
+
+                return grpc.unary_unary_rpc_method_handler(deny)
+        return await continuation(details)
+
+
+class _RepositoryServicer(InferenceServicer):
+    """KServe's gRPC servicer with working ``RepositoryModelLoad``/``Unload``.
+
+    KServe 0.21's versions index the ``None`` its repository extension returns (a load or
+    unload that worked fails with ``UNKNOWN``); these call :class:`HotSwapRepository`
+    directly: a failed load is ``INVALID_ARGUMENT`` naming the URI or file (the old version
+    keeps serving), an unknown name to unload is ``NOT_FOUND``.
+    """
+
+    def __init__(self, *args: Any, repository: HotSwapRepository, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._repository = repository
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        try:
+            await self._repository.load(request.model_name)
+        except KfloopError as exc:
+            message = f"load {request.model_name}: {exc}"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        try:
+            self._repository.unload(request.model_name)
+        except KeyError:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {request.model_name} is not served"
+            )
+        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
+
+
+class _BoundGRPCServer(GRPCServer):
+    """KServe's gRPC server on ``host`` (KServe binds ``[::]``), with the admin interceptor."""
+
+    def __init__(
+        self,
+        *args: Any,
+        host: str,
+        guard: AdminGuard,
+        repository: HotSwapRepository,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._host = host
+        self._guard = guard
+        self._repository = repository
+
+    async def start(self, max_workers: int) -> None:
+        # KServe 0.21's GRPCServer.start, with the listen address and one more interceptor.
+        servicer = _RepositoryServicer(
+            self._data_plane, self._model_repository_extension, repository=self._repository
+        )
+        self._server = grpc.aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(
+                AdminInterceptor(self._guard),
+                LoggingInterceptor(),
+                ExceptionToStatusInterceptor(),
+            ),
+            options=[
+                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                (
+                    "grpc.max_receive_message_length",
+                    self._kwargs.get("grpc_max_receive_message_length"),
+                ),
+            ],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._server.add_insecure_port(f"{host}:{self._port}")
+        log.info("gRPC listening on %s:%d", host, self._port)
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class KfloopModelServer(kserve.ModelServer):
+    """``kserve.ModelServer`` (single process) with what KServe 0.21 has no option for.
+
+    - ``host``: REST and gRPC listen there (KServe binds every interface): ``127.0.0.1`` for a
+      local run, ``0.0.0.0`` in a pod.
+    - ``access_log``: uvicorn's line per request, off by default (every inference is in the
+      payload log and the metrics; at thousands of requests/s the lines cost CPU).
+    - uvicorn runs :class:`~kfloop.serving.fastpath.PredictorFront` around KServe's FastAPI
+      app (the v2 JSON fast path, the repository admin guard); gRPC gets the same guard.
+    - After SIGTERM, once REST and gRPC stopped and answered their in-flight requests, the
+      payload events still queued are posted (for at most ``drain_seconds``), then the
+      process exits.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        admin: AdminGuard,
+        options: ServeOptions,
+        emitters: Callable[[], list[PayloadEmitter]],
+        access_log: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # kfloop's own lines (start-up, loads, drain) through KServe's configured handler.
+        kfloop_log = logging.getLogger("kfloop")
+        if not kfloop_log.handlers and logging.getLogger("kserve").handlers:
+            kfloop_log.handlers = list(logging.getLogger("kserve").handlers)
+            kfloop_log.setLevel(logging.INFO)
+            kfloop_log.propagate = False
+        self.host = host
+        self.access_log = access_log
+        self.admin = admin
+        self.options = options
+        self.emitters = emitters
+        self.undelivered = 0
+
+    def start(self, models: list[Any]) -> None:
+        # KServe 0.21's ModelServer.start for workers=1, with the host, the front and the guard.
+        from kserve import model_server
+
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
+        config = self._rest_server.config
+        config.host = self.host
+        if not self.access_log:  # what uvicorn.Config(access_log=False) does
+            access = logging.getLogger("uvicorn.access")
+            access.handlers = []
+            access.propagate = False
+        config.app = PredictorFront(
+            model_server.app,
+            self.registered_models.get_model,
+            self.admin,
+            max_body_bytes=self.options.max_body_bytes,
+        )
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            self._grpc_server = _BoundGRPCServer(
+                self.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs=vars(model_server.args),
+                grace_period=self.grace_period,
+                host=self.host,
+                guard=self.admin,
+                repository=self.registered_models,
+            )
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        log.info(
+            "REST on %s:%d%s; repository load/unload: %s",
+            self.host,
+            self.http_port,
+            f", gRPC on port {self.grpc_port}" if self.enable_grpc else "",
+            self.admin.mode,
+        )
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        await asyncio.gather(*self.servers)
+        await self.drain()
+
+    async def drain(self) -> int:
+        """Post the queued payload events (at most ``logger_drain_seconds``); returns how many
+        were left undelivered (also logged and counted)."""
+        emitters = [e for e in self.emitters() if e.enabled]
+        if not emitters:
+            return 0
+        pending = sum(e.pending for e in emitters)
+        timeout = self.options.logger_drain_seconds
+        started = time.monotonic()
+        left = await asyncio.gather(*(e.close(timeout) for e in emitters))
+        self.undelivered = sum(left)
+        elapsed = time.monotonic() - started
+        if self.undelivered:
+            log.warning(
+                "shutdown: %d of %d queued payload events not delivered to the logger within "
+                "%.1f s (--logger-drain-seconds)",
+                self.undelivered,
+                pending,
+                timeout,
+            )
+        else:
+            log.info("shutdown: %d queued payload events delivered in %.2f s", pending, elapsed)
+        return self.undelivered
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 
@@ -736,10 +1138,27 @@ def build_parser() -> argparse.ArgumentParser:
         "without a URI reloads it",
     )
     parser.add_argument("--model-name", default="", help="endpoint name (default: metadata)")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address REST and gRPC listen on: loopback for a local run, 0.0.0.0 in a pod",
+    )
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="0: no gRPC")
     parser.add_argument("--logger-url", default="", help="payload logger URL; empty: off")
     parser.add_argument("--logger-queue-size", type=int, default=10_000)
+    parser.add_argument(
+        "--logger-senders",
+        type=int,
+        default=DEFAULT_SENDERS,
+        help="concurrent posts to the payload logger (and pooled connections)",
+    )
+    parser.add_argument(
+        "--logger-drain-seconds",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        help="after SIGTERM, longest wait to post the payload events still queued",
+    )
     parser.add_argument("--logger-source", default="", help="ce-source (default: own URL)")
     parser.add_argument("--inference-service", default="", help="ce-inferenceservicename")
     parser.add_argument("--namespace", default="default", help="ce-namespace")
@@ -749,6 +1168,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--allow-inf", action="store_true", help="accept +/-Inf as missing")
     parser.add_argument("--intra-op-threads", type=int, default=0, help="ORT threads; 0: auto")
+    parser.add_argument(
+        "--inline-max-rows",
+        type=int,
+        default=64,
+        help="a merged batch up to this many rows runs on the event loop, a bigger one in a "
+        "thread; 0: always a thread",
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log one line per HTTP request (uvicorn)"
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        default=None,
+        help="file holding the bearer token for the repository load/unload endpoints "
+        f"(default: ${ADMIN_TOKEN_ENV}); without one they are refused",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated-admin",
+        action="store_true",
+        help="with no admin token, let anyone call load/unload (loopback-only local runs)",
+    )
     return parser
 
 
@@ -770,12 +1210,18 @@ def serve_main(argv: list[str] | None = None) -> int:
         inference_service=args.inference_service,
         namespace=args.namespace,
         logger_source=args.logger_source or f"http://localhost:{args.http_port}/",
+        logger_senders=args.logger_senders,
+        logger_drain_seconds=args.logger_drain_seconds,
+        inline_max_rows=args.inline_max_rows,
         intra_op_threads=args.intra_op_threads,
     )
     workdir = Path(tempfile.mkdtemp(prefix="kfloop-serve-"))
     repository = HotSwapRepository(options, default_uri=args.model_uri, workdir=workdir)
     try:
         options.check()
+        admin = AdminGuard.configure(
+            args.admin_token_file, allow_unauthenticated=args.allow_unauthenticated_admin
+        )
         model = repository.build(args.model_name, args.model_uri)
         repository.install(model.name, model)
     except KfloopError as exc:
@@ -790,7 +1236,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     model_server.app.add_middleware(RequestGuardMiddleware, max_bytes=options.max_body_bytes)
     model_server.app.add_exception_handler(RequestValidationError, _validation_error_handler)
     add_repository_routes(model_server.app, repository)
-    server = kserve.ModelServer(
+    server = KfloopModelServer(
+        host=args.host,
+        admin=admin,
+        options=options,
+        emitters=repository.emitters,
+        access_log=args.access_log,
         registered_models=repository,
         http_port=args.http_port,
         grpc_port=args.grpc_port or DEFAULT_GRPC_PORT,
@@ -800,6 +1251,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     )
     try:
         server.start([model])
+    except OSError as exc:  # the address is taken or not on this machine
+        print(f"kfloop serve: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -362,6 +362,34 @@ def v2_column(spec: InputSpec, values: Any, rows: int, *, allow_inf: bool = Fals
     return column
 
 
+def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:
+    """One tensor of the v2 binary tensor extension as a flat array: ``FP32`` little-endian
+    floats, ``BYTES`` elements each prefixed by its 4-byte little-endian length (as bytes)."""
+    if datatype == FP32:
+        if len(raw) % 4:
+            raise SignatureError(
+                name, f"binary data of {len(raw)} bytes is not a whole number of FP32 values"
+            )
+        return np.frombuffer(raw, dtype="<f4")
+    if datatype != BYTES:
+        raise SignatureError(name, f"datatype {datatype} is not served")
+    items: list[bytes] = []
+    view = memoryview(raw)
+    offset, end = 0, len(raw)
+    while offset < end:
+        if offset + 4 > end:
+            raise SignatureError(name, f"binary BYTES data is cut short at byte {offset}")
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > end:
+            raise SignatureError(name, f"binary BYTES element {len(items)} is cut short")
+        items.append(bytes(view[offset : offset + size]))
+        offset += size
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
 def merge_columns(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Concatenate requests' columns (same keys) along the rows."""
     if len(parts) == 1:
