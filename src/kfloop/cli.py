@@ -6,6 +6,7 @@
     kfloop submit training --host   submit the compiled pipeline to a KFP API server
     kfloop serve --model-uri URI    serve a packaged ONNX model (serving environment)
     kfloop logger --reference-profile URI   payload logger + drift metrics (serving env)
+    kfloop trigger                  Alertmanager webhook -> retraining run (serving env)
 
 Errors kfloop raises on purpose print one line (``kfloop: error: ...``) and exit 1;
 invalid configuration exits 2. Set ``KFLOOP_DEBUG=1`` for tracebacks.
@@ -75,9 +76,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "the demo runs the training pipeline, which needs the pipeline environment: "
             "use .venv/bin/kfloop (or `make demo`)"
         )
-    from kfloop.pipelines.demo import run_demo
+    from kfloop.pipelines.demo import DemoConfig, run_demo
 
-    uri = run_demo(args.home, args.s3_port, args.keep, rows=args.rows, max_trials=args.max_trials)
+    config = DemoConfig(
+        rows=args.rows,
+        max_trials=args.max_trials,
+        epochs=args.epochs,
+        in_distribution_rows=args.traffic_rows,
+        drifted_rows=args.drifted_rows,
+        after_rows=args.traffic_rows,
+        keep=args.keep,
+    )
+    uri = run_demo(args.home, args.s3_port, args.keep, config=config)
     return 0 if uri else 1
 
 
@@ -183,17 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run what kfloop can do so far on the local stack",
-        description="Starts the local stack, checks S3 with a round trip, generates the "
-        "synthetic demo data, runs the training pipeline under kfp.local and shows the "
-        "published ONNX model; stops the stack again unless it was already running or "
-        "--keep is given.",
+        help="the whole closed loop on one machine (pipeline environment)",
+        description="Starts SeaweedFS, trains and deploys v1 (training pipeline under "
+        "kfp.local), starts the predictor, the logger, the trigger, Prometheus and "
+        "Alertmanager on 127.0.0.1, sends in-distribution then drifted traffic, lets the drift "
+        "alert start the retraining pipeline, and checks that v2 is deployed and drift is "
+        "back to normal. Prints a summary and writes an HTML report; stops everything it "
+        "started (also on Ctrl-C).",
     )
     demo.add_argument("--home", type=Path, help=home_help)
     demo.add_argument("--s3-port", type=int, help=port_help)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     demo.add_argument("--rows", type=int, default=20_000, help="synthetic rows (default 20000)")
     demo.add_argument("--max-trials", type=int, default=3, help="tuning trials (default 3)")
+    demo.add_argument("--epochs", type=int, default=5, help="epochs per trial (default 5)")
+    demo.add_argument(
+        "--traffic-rows", type=int, default=2_000, help="rows of in-distribution traffic"
+    )
+    demo.add_argument("--drifted-rows", type=int, default=5_000, help="rows of drifted traffic")
     demo.set_defaults(func=_cmd_demo)
 
     param_help = "pipeline parameter key=value (JSON values allowed); repeatable"
@@ -235,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 SERVICES = {
     "serve": ("kfloop.serving.predictor", "serve_main"),
     "logger": ("kfloop.serving.logger", "logger_main"),
+    "trigger": ("kfloop.serving.trigger", "trigger_main"),
 }
 
 

@@ -1,33 +1,51 @@
-"""End to end: `kfloop demo` (and with it `kfloop run training`) on a fresh local stack.
+"""End to end: `kfloop demo`, the whole closed loop, as `make demo` runs it (smaller budgets).
 
-Runs the real command in a subprocess, as `make demo` does, on its own SeaweedFS, and checks
-what a user would: a blessed, accepted, parity-checked ONNX model in the local registry,
-every artifact on disk, no credential in the output, and the stack stopped afterwards.
+Runs the real command in a subprocess on its own stack folder and ports: SeaweedFS, the
+training pipeline under kfp.local, the predictor, the logger, the trigger, Prometheus and
+Alertmanager. Checks what a user would: v1 trained and deployed, the drift alert fired, the
+trigger started exactly one retraining run, v2 beat v1 and serves, drift against v2's
+reference is back under the alert threshold, every request is in Parquet, the report and the
+summary are written, no credential in the output, and nothing the demo started is left
+running.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import onnxruntime as ort
+import pyarrow.parquet as pq
 import pytest
 
 from kfloop.core.objectstore import ObjectStore
+from kfloop.deploy.registry import read_production
+from kfloop.local.process import pid_alive
 from kfloop.local.stack import LocalStack
 from tests.conftest import free_s3_port
 
 KFLOOP = str(Path(sys.executable).parent / "kfloop")
+DRIFT_THRESHOLD = 0.25  # the PrometheusRule's KfloopFeatureDrift threshold
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "KFLOOP_"))}
+
+
+def _pids(home: Path) -> dict[str, int]:
+    """The pids of every service the demo started (recorded in its summary)."""
+    summary = json.loads(next(home.glob("demo/*/summary.json")).read_text())
+    return {name: int(pid) for name, pid in summary["pids"].items()}
 
 
 @pytest.mark.slow
-def test_demo_trains_and_publishes_a_parity_checked_onnx_model(tmp_path: Path) -> None:
+def test_demo_closes_the_loop(tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = free_s3_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "KFLOOP_"))}
     out = subprocess.run(
         [
             KFLOOP,
@@ -40,54 +58,134 @@ def test_demo_trains_and_publishes_a_parity_checked_onnx_model(tmp_path: Path) -
             "--rows",
             "6000",
             "--max-trials",
-            "2",
+            "1",
+            "--epochs",
+            "4",
+            "--traffic-rows",
+            "1500",
+            "--drifted-rows",
+            "4000",
         ],
         capture_output=True,
         text=True,
-        timeout=1500,
-        env=env,
+        timeout=1800,
+        env=_env(),
     )
     stack = LocalStack(home=home, s3_port=port)
     try:
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        published = next(
-            line.split(": ", 1)[1].strip()
-            for line in out.stdout.splitlines()
-            if "published to the registry:" in line
-        )
+        assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
         settings = stack.settings()
         assert settings.secret_key.get() not in out.stdout + out.stderr
+        summary_file = next(home.glob("demo/*/summary.json"))
+        summary = json.loads(summary_file.read_text())
+        assert summary["ok"] is True, summary["failure"]
         store = ObjectStore(settings)
-        names = sorted(o.uri.key.rsplit("/", 1)[-1] for o in store.list_objects(published))
-        assert names == ["MODEL_CARD.md", "metadata.json", "model.onnx", "reference_profile.json"]
-        metadata = json.loads(store.get_bytes(published + "metadata.json"))
-        assert metadata["parity"]["max_abs_diff"] <= metadata["parity"]["tolerance"] <= 1e-5
-        model = tmp_path / "model.onnx"
-        store.get_file(published + "model.onnx", model)
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        kinds = {i.name: i.type for i in session.get_inputs()}
-        assert kinds["country"] == "tensor(string)"  # raw strings go straight in
-        assert kinds["income"] == "tensor(float)"
-        # Every step left its artifacts under the pipeline root.
-        root = home / "pipeline-root"
-        steps = {p.name for run in root.iterdir() for p in run.iterdir() if p.is_dir()}
-        for step in (
-            "ingest-data",
-            "validate-data",
-            "clean-data",
-            "label-data",
-            "split-dataset",
-            "tune-hyperparameters",
-            "train-model",
-            "evaluate-model",
-            "package-onnx",
-            "acceptance-test",
-            "publish-model",
-        ):
-            assert step in steps, sorted(steps)
-        blessing = next(root.glob("*/evaluate-model/blessing/blessing.json"))
-        assert json.loads(blessing.read_text())["blessed"] is True
-        acceptance = next(root.glob("*/acceptance-test/acceptance/acceptance.json"))
-        assert json.loads(acceptance.read_text())["passed"] is True
+        pointer = read_production(store, f"s3://{settings.models_bucket}", "churn")
+        assert pointer is not None
+        assert pointer.uri == summary["v2_uri"] != summary["v1_uri"]
+        assert pointer.previous is not None and pointer.previous["uri"] == summary["v1_uri"]
+        metrics = summary["metrics"]
+        # Drift: low in distribution, high when drifted, low again against v2's reference.
+        assert metrics["psi_in_distribution"]["psi"] < DRIFT_THRESHOLD
+        assert metrics["psi_drifted"]["psi"] > DRIFT_THRESHOLD
+        assert metrics["psi_after"]["psi"] < DRIFT_THRESHOLD
+        assert metrics["psi_after"]["version"] == pointer.version
+        assert metrics["alert"]["alertname"] == "KfloopFeatureDrift"
+        # Exactly one retraining run, and it finished.
+        decisions = [
+            json.loads(line)
+            for line in (home / "loop" / "trigger" / "decisions.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        assert [d["decision"] for d in decisions].count("started") == 1
+        assert metrics["retraining_run"]["decision"] == "finished"
+        # Every drifted request that was answered is in the request logs of v1.
+        v1 = summary["v1_uri"].rstrip("/").rsplit("/", 1)[1]
+        ids = set(_column(store, f"s3://{settings.logs_bucket}/churn/{v1}/", "request_id"))
+        truth = _column(store, summary["artifacts"]["ground_truth"], "request_id")
+        assert truth and set(truth) <= ids
+        report = Path(summary["report"])
+        page = report.read_text()
+        assert "<svg" in page and "KfloopFeatureDrift" in page
+        # Nothing the demo started is left running except the stack (--keep).
+        pids = _pids(home)
+        assert {"predictor", "logger", "trigger", "prometheus", "alertmanager"} <= set(pids)
+        for name, pid in pids.items():
+            if not name.startswith("seaweedfs"):
+                assert not pid_alive(pid), f"{name} (pid {pid}) is still running"
+    finally:
+        stack.down()
+
+
+def _column(store: ObjectStore, prefix: str, name: str) -> list[str]:
+    """Values of column ``name`` in every Parquet object under ``prefix``."""
+    values: list[str] = []
+    for obj in store.list_objects(prefix):
+        if obj.uri.key.endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(store.get_bytes(obj.uri)), columns=[name])
+            values.extend(table.column(name).to_pylist())
+    return values
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Command lines of live processes in session ``sid`` (a terminal's Ctrl-C reaches them)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found.append(f"{stat.parent.name}: {cmdline}")
+    return found
+
+
+@pytest.mark.slow
+def test_interrupted_demo_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) during the run stops every process it started; a rerun starts clean."""
+    home = tmp_path / "home"
+    port = free_s3_port()
+    argv = [
+        KFLOOP,
+        "demo",
+        "--home",
+        str(home),
+        "--s3-port",
+        str(port),
+        "--rows",
+        "3000",
+        "--max-trials",
+        "1",
+        "--epochs",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "3. training pipeline" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    rest, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0, "".join(seen) + rest
+    pids = _pids(home)
+    assert pids, "the demo recorded no process"
+    for name, pid in pids.items():
+        assert not pid_alive(pid), f"{name} (pid {pid}) survived Ctrl-C"
+    assert _session_processes(proc.pid) == []
+    # The next run starts clean: the stack comes up again on the same folder.
+    stack = LocalStack(home=home, s3_port=port)
+    try:
+        stack.up()
+        assert all(s.ready for s in stack.status())
     finally:
         stack.down()

@@ -135,13 +135,13 @@ class LoopServices:
 
     # -- the services ---------------------------------------------------------------------------
 
-    def predictor(self, model_uri: str = "") -> ManagedProcess:
+    def predictor(self, model_uri: str) -> ManagedProcess:
         serving = repo_python_bin(self.root, ".venv-serving")
         argv = [
             str(serving),
             "serve",
             "--model-uri",
-            model_uri or "-",
+            model_uri,
             "--model-name",
             self.model_name,
             "--host",
