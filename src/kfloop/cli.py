@@ -115,7 +115,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = stack.up()
     params = _parse_params(args.param)
     print(f"running the {args.pipeline} pipeline under kfp.local (S3 at {settings.endpoint_url})")
-    result = run_local(args.pipeline, params, settings, stack.home / "pipeline-root")
+    try:
+        result = run_local(args.pipeline, params, settings, stack.home / "pipeline-root")
+    except RuntimeError as exc:  # kfp.local's "Pipeline ... finished with status FAILURE"
+        import re
+
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        raise KfloopError(
+            f"{message} The failing task's log is above; artifacts are under "
+            f"{stack.home / 'pipeline-root'}"
+        ) from None
     print(
         f"{args.pipeline} pipeline finished in {result.seconds:.1f}s; "
         f"artifacts under {result.pipeline_root}"

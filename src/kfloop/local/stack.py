@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfloop.core.errors import StackError
+from kfloop.core.errors import ObjectStoreError, StackError
 from kfloop.core.objectstore import ObjectStore
 from kfloop.core.settings import (
     AWS_ACCESS_KEY_ID,
@@ -43,6 +44,32 @@ class ServiceStatus:
     pid: int | None
     endpoint: str
     ready: bool
+
+
+def wait_until_writable(store: ObjectStore, bucket: str, timeout: float = 60.0) -> None:
+    """Write, read back and delete a probe object until that works.
+
+    SeaweedFS answers S3 listings as soon as its filer is up, but reads and writes of object
+    data wait for the volume server to register with the master: right after a restart a
+    pipeline step could otherwise fail on its first read.
+    """
+    key = f"s3://{bucket}/.kfloop-ready-probe"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            store.put_bytes(b"ok", key)
+            ok = store.get_bytes(key) == b"ok"
+            store.delete(key)
+            if ok:
+                return
+            problem = "the probe object read back different bytes"
+        except ObjectStoreError as exc:
+            problem = str(exc)
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"SeaweedFS answers but {bucket} is not writable after {timeout:.0f}s: {problem}"
+            )
+        time.sleep(0.5)
 
 
 class LocalStack:
@@ -120,6 +147,7 @@ class LocalStack:
             settings.pipeline_bucket,
         ):
             store.ensure_bucket(bucket)
+        wait_until_writable(store, settings.data_bucket)
         return settings
 
     def down(self) -> list[str]:
