@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client.models as k8s_models
 import kubernetes_validate
 import pytest
 import yaml
@@ -177,31 +176,42 @@ def test_strict_validation_catches_a_misspelt_field(
 # -- InferenceService through the kserve SDK -------------------------------------------------
 
 
-class _Response:
-    def __init__(self, data: Any) -> None:
-        self.data = json.dumps(data)
+class _SdkProcess:
+    """kserve_round_trip.py in its own interpreter (see that file for why)."""
+
+    def __init__(self) -> None:
+        script = Path(__file__).with_name("kserve_round_trip.py")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def round_trip(self, spec: dict[str, Any]) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the kserve SDK process ended (exit {self.proc.poll()})"
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def kserve_sdk() -> Any:
-    """kserve's ApiClient; its models name Kubernetes types (V1Container...) that it looks up
-    in kserve.models, so those come from the Kubernetes client's generated models."""
-    import kserve
-    import kserve.models
-
-    patched = []
-    for name in dir(k8s_models):
-        if name.startswith("V1") and not hasattr(kserve.models, name):
-            setattr(kserve.models, name, getattr(k8s_models, name))
-            patched.append(name)
-    yield kserve.ApiClient()
-    for name in patched:
-        delattr(kserve.models, name)
+    """The kserve SDK's generated models, behind a pipe to a separate process."""
+    sdk = _SdkProcess()
+    yield sdk
+    sdk.close()
 
 
 def sdk_round_trip(sdk: Any, spec: dict[str, Any]) -> Any:
-    model = sdk.deserialize(_Response(spec), "V1beta1InferenceServiceSpec")
-    return sdk.sanitize_for_serialization(model)
+    return sdk.round_trip(spec)
 
 
 def differences(original: Any, back: Any, path: str = "") -> list[str]:

@@ -104,7 +104,8 @@ def test_alertmanager_notification_starts_a_run_and_resolved_is_ignored(tmp_path
                 )
                 assert started[0]["parameters"]["model_name"] == "churn"
                 assert started[0]["parameters"]["drifted_version"] == "v1"
-                assert started[0]["parameters"]["window_start"] == "2026-11-28T03:00:00Z"
+                # the alert's startsAt minus the default 1 h lookback
+                assert started[0]["parameters"]["window_start"] == "2026-11-28T02:00:00Z"
                 release(tmp_path, 0)
                 await wait_for(lambda: of(decisions(state), "finished"), "the run's end")
                 now = datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -167,7 +167,7 @@ def test_run_started_with_the_alert_parameters_and_followed_to_its_end(
     assert finished["state"] == "SUCCEEDED"
     sent = fake.created[0]["runtime_config"]["parameters"]
     assert sent["model_name"] == "churn" and sent["drifted_version"] == "v3"
-    assert sent["window_start"] == "2026-11-28T03:00:00Z"
+    assert sent["window_start"] == "2026-11-28T02:00:00Z"  # startsAt minus the 1 h lookback
     assert datetime.fromisoformat(sent["window_end"]) <= datetime.now(UTC)
     assert sent["data_uri"] == "s3://data/churn/" and sent["max_trials"] == 1
     assert started["parameters"] == sent
