@@ -105,7 +105,13 @@ def test_package_onnx_component_publishes_a_released_model(
     keys = sorted(o.uri.key for o in store.list_objects(S3Uri.parse(uri)))
     assert keys == [
         f"{name}/v1/{f}"
-        for f in ("MODEL_CARD.md", "metadata.json", "model.onnx", "reference_profile.json")
+        for f in (
+            "MODEL_CARD.md",
+            "metadata.json",
+            "model.onnx",
+            "reference_profile.json",
+            f"triton/{name}/1/model.onnx",
+        )
     ]
     published = json.loads(store.get_bytes(f"{uri}metadata.json"))
     assert published["release"]["publish"] is True

@@ -60,7 +60,9 @@ def gate_file(path: Path, **content: object) -> str:
 
 
 def names(store: ObjectStore, uri: str) -> list[str]:
-    return sorted(o.uri.key.rsplit("/", 1)[-1] for o in store.list_objects(S3Uri.parse(uri)))
+    """Keys under ``uri``, relative to it."""
+    prefix = S3Uri.parse(uri).key
+    return sorted(o.uri.key.removeprefix(prefix) for o in store.list_objects(S3Uri.parse(uri)))
 
 
 def test_blessed_and_accepted_model_is_published(
@@ -80,6 +82,7 @@ def test_blessed_and_accepted_model_is_published(
         "metadata.json",
         "model.onnx",
         "reference_profile.json",
+        f"triton/{name}/1/model.onnx",  # the same file as a Triton model repository
     ]
     assert uri in Path(run.outputs["release"].path).read_text()
 

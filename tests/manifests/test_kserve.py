@@ -22,6 +22,7 @@ from kfloop.deploy.kserve import (
     inference_service,
     logger_url,
     s3_secret_annotations,
+    triton_repository_uri,
     with_canary_percent,
 )
 
@@ -204,6 +205,23 @@ def test_deploy_applies_the_built_object_and_waits_for_ready() -> None:
         "applied": expected,
     }
     assert server.gets == 3
+
+
+def test_triton_deploy_serves_the_repository_publish_model_writes() -> None:
+    server = FakeServer([READY])
+    result = deploy_inference_service(
+        "churn",
+        URI,
+        "v2",
+        namespace="team-a",
+        runtime="triton",
+        api=fake_api(server),
+        poll_interval=0,
+    )
+    assert server.stored is not None
+    model = server.stored["spec"]["predictor"]["model"]
+    assert model["storageUri"] == URI.rstrip("/") + "/triton/" == result["storage_uri"]
+    assert triton_repository_uri(model["storageUri"]) == model["storageUri"]  # idempotent
 
 
 def test_ready_for_an_older_generation_is_not_ready() -> None:

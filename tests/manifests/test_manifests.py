@@ -24,7 +24,7 @@ import yaml
 
 from kfloop.core.images import PIPELINE_IMAGE, REGISTRY, SERVING_IMAGE, VERSION
 from kfloop.deploy.canary import CanaryPolicy
-from kfloop.deploy.kserve import inference_service
+from kfloop.deploy.kserve import inference_service, triton_repository_uri
 from kfloop.model.katib import katib_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,7 +311,9 @@ def test_overlay_inference_services_are_the_builders(
 
 def test_triton_component_is_the_builders_triton_variant(tmp_path: Path) -> None:
     (isvc,) = of_kind(with_component("triton", tmp_path), "InferenceService")
-    built = inference_service("churn", STORAGE_URI, "v1", namespace="kfloop", runtime="triton")
+    repository = triton_repository_uri(STORAGE_URI)  # what publish_model writes for Triton
+    assert repository == "s3://kfloop-models/churn/v1/triton/"
+    built = inference_service("churn", repository, "v1", namespace="kfloop", runtime="triton")
     assert isvc == without_namespace(built)
 
 

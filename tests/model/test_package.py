@@ -357,9 +357,12 @@ def test_publish_uploads_complete_version_metadata_last(
         "models/churn/v1/metadata.json",
         "models/churn/v1/model.onnx",
         "models/churn/v1/reference_profile.json",
+        "models/churn/v1/triton/churn/1/model.onnx",  # a Triton model repository
     ]
     store.get_file(f"{uri}model.onnx", tmp_path / "model.onnx")
     assert (tmp_path / "model.onnx").read_bytes() == Path(packaged.onnx_path).read_bytes()
+    store.get_file(f"{uri}triton/churn/1/model.onnx", tmp_path / "triton.onnx")
+    assert (tmp_path / "triton.onnx").read_bytes() == Path(packaged.onnx_path).read_bytes()
 
 
 def test_publish_refuses_to_overwrite_a_version(

@@ -14,6 +14,9 @@ is its output for the default inputs (a test holds them equal), and
     KServe's Triton runtime (``kserve-tritonserver``) for the plain ONNX model
     (``modelFormat: onnx``, ``protocolVersion: v2``). Triton reads a model *repository*:
     ``storage_uri`` must point at a folder holding ``<model>/1/model.onnx``.
+    ``publish_model`` writes one inside every published version, ``<version>/triton/``
+    (:func:`triton_repository_uri`); :func:`deploy_inference_service` given a version URI
+    points Triton there.
 
 Credentials never appear in the object: the predictor runs as ``service_account``
 (default ``kfloop-predictor``), whose Secret ``kfloop-s3`` carries the S3 keys and KServe's
@@ -302,6 +305,14 @@ def with_canary_percent(isvc: Mapping[str, Any], percent: int | None) -> dict[st
     return result
 
 
+def triton_repository_uri(version_uri: str) -> str:
+    """The Triton model repository inside a published version: ``<version_uri>/triton/``
+    (``publish_model`` uploads ``triton/<model>/1/model.onnx`` there). A URI that already
+    ends in ``/triton`` is returned as it is."""
+    base = version_uri.rstrip("/")
+    return base + "/" if base.endswith("/triton") else base + "/triton/"
+
+
 def isvc_ref(name: str, namespace: str) -> kube.ResourceRef:
     """Where the InferenceService ``namespace/name`` lives in the API."""
     return kube.ResourceRef(GROUP, VERSION, PLURAL, KIND, namespace, name)
@@ -346,6 +357,8 @@ def deploy_inference_service(
         ReadyTimeout: not ``Ready`` within ``timeout``; names the InferenceService and the
             ``Ready`` condition's reason and message.
     """
+    if runtime == RUNTIME_TRITON:
+        storage_uri = triton_repository_uri(storage_uri)
     isvc = inference_service(
         model_name,
         storage_uri,

@@ -846,6 +846,16 @@ def check_release_names(model_name: str, version: str) -> None:
         )
 
 
+TRITON_FOLDER = "triton"
+
+
+def triton_model_path(model_name: str) -> str:
+    """``triton/<model_name>/1/model.onnx``: where a published version keeps its ONNX file in
+    the layout of a Triton model repository (version folder ``1``; Triton's ONNX backend
+    configures the model from the file itself)."""
+    return f"{TRITON_FOLDER}/{model_name}/1/{ONNX_FILE}"
+
+
 def version_uri(models_uri_root: str, model_name: str, version: str) -> str:
     """``s3://<bucket>[/<prefix>]/<model-name>/<version>/``, validating each part.
 
@@ -926,6 +936,9 @@ def publish_model(
         key=lambda p: p.relative_to(folder).as_posix(),
     )
     uploads = [(p, p.relative_to(folder).as_posix()) for p in files]
+    # The same ONNX file in the layout of a Triton model repository, so KServe's Triton runtime
+    # serves the version from <version>/triton/ (kfloop.deploy.kserve.triton_repository_uri).
+    uploads.append((folder / ONNX_FILE, triton_model_path(model_name)))
     if statistics is not None:
         uploads.append((statistics, STATISTICS_FILE))
     uploads.append((folder / METADATA_FILE, METADATA_FILE))
