@@ -50,8 +50,9 @@ def wait_until_writable(store: ObjectStore, bucket: str, timeout: float = 60.0) 
     """Write, read back and delete a probe object until that works.
 
     SeaweedFS answers S3 listings as soon as its filer is up, but reads and writes of object
-    data wait for the volume server to register with the master: right after a restart a
-    pipeline step could otherwise fail on its first read.
+    data wait for the volume server to register with the master (right after a restart) and
+    for volumes to be grown for the bucket (its first write): a pipeline step could otherwise
+    fail on its first read or write.
     """
     key = f"s3://{bucket}/.kfloop-ready-probe"
     deadline = time.monotonic() + timeout
@@ -147,7 +148,9 @@ class LocalStack:
             settings.pipeline_bucket,
         ):
             store.ensure_bucket(bucket)
-        wait_until_writable(store, settings.data_bucket)
+            # SeaweedFS grows volumes for a bucket on its first write; do that now, not in
+            # the middle of a pipeline step (under load it takes seconds: InternalError).
+            wait_until_writable(store, bucket)
         return settings
 
     def down(self) -> list[str]:
