@@ -9,7 +9,9 @@ server alone in its own process:
   defaults, no validation, no batching;
 - ``kfloop-off``  ``kfloop serve`` without payload logging;
 - ``kfloop-on``   ``kfloop serve`` with payload logging to a running ``kfloop logger`` that
-  writes Parquet to SeaweedFS (the local stack).
+  writes Parquet to SeaweedFS (the local stack), one CloudEvent per post (as the KServe agent);
+- ``kfloop-batch`` the same with ``--logger-batch-events 64`` (``--batch-events``): queued
+  events posted as CloudEvents batches (``application/cloudevents-batch+json``).
 
 Each is loaded with a batch-1 v2 JSON request (req/s) and a 1,024-row batch as v2 JSON and as
 v2 binary tensors (rows/s). Then the logger alone: wrk posts binary-mode CloudEvents (request
@@ -656,6 +658,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--logs", choices=["s3", "local"], default="s3", help="logger output: SeaweedFS or a folder"
     )
+    parser.add_argument(
+        "--batch-events",
+        type=int,
+        default=64,
+        help="--logger-batch-events of the kfloop-batch case (default 64)",
+    )
     parser.add_argument("--serve-floor", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-baseline", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -761,51 +769,72 @@ def run(
         if worst > 1e-5:
             print(f"  WARNING: {name}: kfloop and kserve-min differ by {worst:.2e}", flush=True)
 
-    # kfloop, logging on, into a running logger
-    output = f"{logs_root}/pred-on"
-    logger = start_logger("logger-pred", root, output, workdir, env)
-    servers.append(logger)
-    port, grpc = free_port(), free_port()
-    cmd = predictor_args(port, grpc, ["--logger-url", logger.base + "/", "--namespace", "bench"])
+    # kfloop, logging on, into a running logger: one event per post (as the KServe agent),
+    # then CloudEvents batches (--logger-batch-events)
     totals = {"sent": 0.0, "dropped": 0.0}
-    dropped_by_case: dict[str, float] = {}
+    dropped_by_case: dict[tuple[str, str], float] = {}
+    logger_cpu: dict[tuple[str, str], str] = {}
 
-    with running(servers, start_server("kfloop-on", cmd, port, "/v2/health/ready", workdir)) as on:
+    def logged(name: str, extra: Sequence[str]) -> None:
+        output = f"{logs_root}/{name}"
+        logger = start_logger(f"logger-{name}", root, output, workdir, env)
+        servers.append(logger)
+        port, grpc = free_port(), free_port()
+        cmd = predictor_args(
+            port, grpc, ["--logger-url", logger.base + "/", "--namespace", "bench", *extra]
+        )
+        with running(servers, start_server(name, cmd, port, "/v2/health/ready", workdir)) as on:
 
-        def with_events(
-            payload: Payload, measure: Callable[[], WrkResult]
-        ) -> tuple[WrkResult, str]:
-            before = scrape(on)
-            result = measure()
-            waited = drain(on)
-            after = scrape(on)
-            sent = metric(after, "kfloop_payload_events_sent_total") - metric(
-                before, "kfloop_payload_events_sent_total"
-            )
-            dropped = metric(after, "kfloop_payload_events_dropped_total") - metric(
-                before, "kfloop_payload_events_dropped_total"
-            )
-            totals["sent"] += sent
-            totals["dropped"] += dropped
-            dropped_by_case[payload.name] = dropped
-            return result, f"events sent {sent:.0f} dropped {dropped:.0f} (drain {waited:.1f}s)"
+            def with_events(
+                payload: Payload, measure: Callable[[], WrkResult]
+            ) -> tuple[WrkResult, str]:
+                before, cpu0 = scrape(on), logger.cpu_seconds()
+                result = measure()
+                waited = drain(on)
+                after, cpu1 = scrape(on), logger.cpu_seconds()
+                sent = metric(after, "kfloop_payload_events_sent_total") - metric(
+                    before, "kfloop_payload_events_sent_total"
+                )
+                dropped = metric(after, "kfloop_payload_events_dropped_total") - metric(
+                    before, "kfloop_payload_events_dropped_total"
+                )
+                totals["sent"] += sent
+                totals["dropped"] += dropped
+                dropped_by_case[(name, payload.name)] = dropped
+                per_request = 1e6 * (cpu1 - cpu0) / max(sent / 2, 1)
+                logger_cpu[(name, payload.name)] = f"{per_request:.0f} us"
+                return result, (
+                    f"events sent {sent:.0f} dropped {dropped:.0f} (drain {waited:.1f}s); "
+                    f"logger CPU {per_request:.0f} us/request"
+                )
 
-        # warm-up requests and the check request are logged too: count them from the metrics
-        rows, _ = load_server(on, payloads, workdir, seconds, warmup, infer, with_events)
-        results += rows
-        drain(on)
-        final = scrape(on)
-        expected_rows = int(metric(final, "kfloop_predictor_request_rows_sum"))
-        dropped_all = metric(final, "kfloop_payload_events_dropped_total")
-        failed_all = metric(final, "kfloop_payload_events_dropped_total", reason="send_failed")
-    logger_rc = logger.stop()
-    pred_rows = count_parquet(store, output)
-    print(
-        f"  logger behind kfloop-on: exit {logger_rc}, {pred_rows[0]} rows in Parquet "
-        f"({pred_rows[3]} files) for {expected_rows} rows inferred; predictor events dropped "
-        f"{dropped_all:.0f} (send_failed {failed_all:.0f})",
-        flush=True,
-    )
+            # warm-up requests and the check request are logged too: count them from metrics
+            rows, _ = load_server(on, payloads, workdir, seconds, warmup, infer, with_events)
+            results.extend(rows)
+            drain(on)
+            final = scrape(on)
+            expected_rows = int(metric(final, "kfloop_predictor_request_rows_sum"))
+            dropped_all = metric(final, "kfloop_payload_events_dropped_total")
+            failed_all = metric(final, "kfloop_payload_events_dropped_total", reason="send_failed")
+        logger_text = scrape(logger)
+        batches = metric(logger_text, "kfloop_logger_event_batches_total")
+        refused = {
+            reason: metric(logger_text, "kfloop_logger_events_rejected_total", reason=reason)
+            for reason in ("overload", "too_large", "bad_batch", "bad_payload", "bad_event")
+        }
+        refused_text = ", ".join(f"{k} {v:.0f}" for k, v in refused.items() if v == v and v)
+        logger_rc = logger.stop()
+        pred_rows = count_parquet(store, output)
+        print(
+            f"  logger behind {name}: exit {logger_rc}, {pred_rows[0]} rows in Parquet "
+            f"({pred_rows[3]} files) for {expected_rows} rows inferred; predictor events "
+            f"dropped {dropped_all:.0f} (send_failed {failed_all:.0f}); batch posts "
+            f"{0 if batches != batches else batches:.0f}; logger refused: {refused_text or 'none'}",
+            flush=True,
+        )
+
+    logged("kfloop-on", [])
+    logged("kfloop-batch", ["--logger-batch-events", str(args.batch_events)])
 
     # the logger alone
     output = f"{logs_root}/logger"
@@ -864,25 +893,26 @@ def run(
     print("\ntargets:")
     all_ok = True
     for payload in payloads:
-        on, off, base = (
-            get("kfloop-on", payload),
-            get("kfloop-off", payload),
-            get("kserve-min", payload),
-        )
-        ratio = on.result.rps / base.result.rps if base.result.rps else 0.0
-        cost = 1 - on.result.rps / off.result.rps if off.result.rps else 1.0
-        tail = on.result.p99_ms / on.result.p50_ms if on.result.p50_ms else float("inf")
-        for label, ok, text in (
-            ("throughput >= 2x (a), logging on", ratio >= 2, f"{ratio:.2f}x"),
-            (
-                "logging cost <= 10%, no event dropped",
-                cost <= 0.10 and dropped_by_case.get(payload.name, 0) == 0,
-                f"{100 * cost:.1f}%, {dropped_by_case.get(payload.name, 0):.0f} events dropped",
-            ),
-            ("p99 <= 2x p50 (logging on)", tail <= 2, f"{tail:.2f}x"),
-        ):
-            all_ok &= ok
-            print(f"  {verdict(ok)}  {payload.name:<22} {label:<34} {text}")
+        off, base = get("kfloop-off", payload), get("kserve-min", payload)
+        for server in ("kfloop-on", "kfloop-batch"):
+            on = get(server, payload)
+            ratio = on.result.rps / base.result.rps if base.result.rps else 0.0
+            cost = 1 - on.result.rps / off.result.rps if off.result.rps else 1.0
+            tail = on.result.p99_ms / on.result.p50_ms if on.result.p50_ms else float("inf")
+            lost = dropped_by_case.get((server, payload.name), 0)
+            case = f"{payload.name} {'batched' if server == 'kfloop-batch' else 'single'}"
+            for label, ok, text in (
+                ("throughput >= 2x (a), logging on", ratio >= 2, f"{ratio:.2f}x"),
+                (
+                    "logging cost <= 10%, no event dropped",
+                    cost <= 0.10 and lost == 0,
+                    f"{100 * cost:.1f}%, {lost:.0f} events dropped, logger CPU "
+                    f"{logger_cpu.get((server, payload.name), '?')}/request",
+                ),
+                ("p99 <= 2x p50 (logging on)", tail <= 2, f"{tail:.2f}x"),
+            ):
+                all_ok &= ok
+                print(f"  {verdict(ok)}  {case:<30} {label:<38} {text}")
     ok = events_per_cpu_s >= 5000
     all_ok &= ok
     print(f"  {verdict(ok)}  logger >= 5,000 events per CPU-second       {events_per_cpu_s:.0f}")
@@ -897,7 +927,7 @@ def run(
     return 0
 
 
-SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on")
+SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on", "kfloop-batch")
 
 
 def drain(server: Server) -> float:

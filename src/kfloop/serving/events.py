@@ -8,6 +8,10 @@ by a request and its response, ``ce-source`` is the predictor's URL, and the ext
 or ``canary``) and ``ce-metadata`` (JSON) describe where it was served. The body is the raw
 inference payload (``data``). Structured mode (``application/cloudevents+json``) is accepted
 too; both are parsed with the ``cloudevents`` SDK (:func:`cloudevents.http.from_http`).
+Batched content mode (``application/cloudevents-batch+json``: a JSON array of structured-mode
+events, CloudEvents HTTP binding 1.0, section 3.3), which kfloop's predictor sends with
+``--logger-batch-events`` > 1, is read by :func:`parse_cloudevent_batch`: each element is
+decoded as the same event posted alone in structured mode would be.
 
 Payloads decoded into rows of features + prediction:
 
@@ -42,6 +46,7 @@ HTTP 400): no id, an unknown type, a malformed body or payload.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections import OrderedDict
@@ -77,6 +82,7 @@ COMPONENT_ATTR = "component"
 ENDPOINT_ATTR = "endpoint"
 METADATA_ATTR = "metadata"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 PREDICTION_OUTPUT = "prediction"
 HEADER_LENGTH = "inference-header-content-length"
 """The v2 binary extension's header: length in bytes of the JSON part of the body."""
@@ -204,6 +210,13 @@ def parse_cloudevent(
             raise EventError("bad_event", f"not a valid CloudEvent: {exc}") from None
         attrs = dict(event.get_attributes())
         data = event.get_data()
+    return _inference_event(lower, attrs, data)
+
+
+def _inference_event(
+    lower: Mapping[str, str], attrs: Mapping[str, Any], data: Any
+) -> InferenceEvent:
+    """The :class:`InferenceEvent` of a CloudEvent's attributes and data (any mode)."""
     ce_type = str(attrs.get("type") or "")
     kind = _KINDS.get(ce_type)
     if kind is None:
@@ -236,6 +249,81 @@ def parse_cloudevent(
         component=_opt(attrs.get(COMPONENT_ATTR)),
         endpoint=_opt(attrs.get(ENDPOINT_ATTR)),
     )
+
+
+def is_batch(headers: Mapping[str, str]) -> bool:
+    """Whether an HTTP post is in batched content mode (by its content type, any case)."""
+    for key, value in headers.items():
+        if key.lower() == "content-type":
+            return value.split(";")[0].strip().lower() == BATCH_CONTENT_TYPE
+    return False
+
+
+def _structured_event(envelope: dict[str, Any], where: str) -> InferenceEvent:
+    """One structured-mode event given as a JSON object, checked as the SDK's ``from_http``
+    checks a structured post (specversion 1.0; id, source and type present; ``data`` or
+    base64 ``data_base64``), then read as :func:`parse_cloudevent` reads it."""
+    if not str(envelope.get("id") or "").strip():
+        raise EventError("no_id", f"{where}: CloudEvent has no 'id'")
+    if envelope.get("specversion") != "1.0":
+        raise EventError(
+            "bad_event",
+            f"{where}: not a valid CloudEvent: specversion {envelope.get('specversion')!r}",
+        )
+    missing = [a for a in ("source", "type") if not envelope.get(a)]
+    if missing:
+        raise EventError("bad_event", f"{where}: not a valid CloudEvent: missing {missing}")
+    attrs = {k: v for k, v in envelope.items() if k not in ("data", "data_base64")}
+    if "data_base64" in envelope:
+        try:
+            data: Any = base64.b64decode(envelope["data_base64"], validate=True)
+        except (ValueError, TypeError) as exc:
+            raise EventError("bad_event", f"{where}: data_base64 is not base64: {exc}") from None
+    else:
+        data = envelope.get("data")
+    return _inference_event({}, attrs, data)
+
+
+def parse_cloudevent_batch(body: bytes | str) -> list[InferenceEvent | EventError]:
+    """Parse a batched-content-mode post: a JSON array of structured-mode CloudEvents.
+
+    Each element is decoded as the same event posted alone in structured mode (no id, an
+    unknown type, an undecodable payload...): an element that is not a logged inference event
+    comes back as its :class:`EventError` (its message names the index), in the element's
+    place, so that the caller can take the others.
+
+    Raises:
+        EventError: ``bad_batch``: the batch itself is malformed (not JSON, not an array, an
+            empty array, an element that is not a JSON object; the message names the index).
+    """
+    try:
+        items = _loads(body)
+    except ValueError as exc:
+        raise EventError("bad_batch", f"CloudEvents batch is not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise EventError(
+            "bad_batch",
+            f"a CloudEvents batch ({BATCH_CONTENT_TYPE}) must be a JSON array of events, "
+            f"got {type(items).__name__}",
+        )
+    if not items:
+        raise EventError("bad_batch", "CloudEvents batch is empty")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise EventError(
+                "bad_batch",
+                f"CloudEvents batch: event at index {i} is a JSON {type(item).__name__}, "
+                "not an object (a structured-mode CloudEvent)",
+            )
+    out: list[InferenceEvent | EventError] = []
+    for i, item in enumerate(items):
+        try:
+            out.append(_structured_event(item, f"batch index {i}"))
+        except EventError as exc:
+            if not str(exc).startswith(f"batch index {i}"):
+                exc = EventError(exc.reason, f"batch index {i}: {exc}", exc.status)
+            out.append(exc)
+    return out
 
 
 def _opt(value: Any) -> str | None:

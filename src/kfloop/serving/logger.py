@@ -1,9 +1,9 @@
 """The payload logger (``kfloop logger``): KServe CloudEvents in, Parquet and drift metrics out.
 
 An ASGI app (Starlette, served by uvicorn). ``POST /`` takes one CloudEvent per call, as the
-KServe agent sends them (binary or structured mode, see :mod:`kfloop.serving.events`); the
-request and response of an inference are paired by id and decoded into rows, which are
-buffered and written as Parquet to::
+KServe agent sends them (binary or structured mode, see :mod:`kfloop.serving.events`), or a
+batch of them (see below); the request and response of an inference are paired by id and
+decoded into rows, which are buffered and written as Parquet to::
 
     <output>/<model>/<version>/date=YYYY-MM-DD/hour=HH/<uuid>.parquet
 
@@ -34,6 +34,20 @@ Guarantees:
 - A CloudEvent without an id, of an unknown type or with an undecodable payload is a 400;
   a body over ``--max-body-bytes`` is a 413; events during shutdown get 503.
 
+**Batched content mode** (``Content-Type: application/cloudevents-batch+json``, a JSON array
+of structured-mode events; what kfloop's predictor sends with ``--logger-batch-events`` > 1)
+on the same ``POST /``: one check of the buffer limit for the whole batch (over it, the whole
+batch is ``429`` and nothing of it is accepted, so that the sender retries it as a whole; a
+batch may thus take the buffer past the limit by its own size), then each event is taken as
+if posted alone (paired, deduplicated by id, its rows buffered). A malformed batch (not JSON,
+not an array, empty, an element that is not an object) is a ``400`` naming the index, and
+nothing of it is accepted. An event of a well-formed batch that cannot be logged (no id, an
+unknown type, an undecodable payload) is rejected alone, counted with its reason as a single
+event would be, and the others are taken: the answer is ``200`` when at least one event was
+accepted (retrying would duplicate nothing, but would not cure the bad ones either), with
+``{"accepted": n, "rejected": [{"index", "reason", "error"}]}``; ``400`` with the same body
+when none was.
+
 Following production (``--follow-production``, with ``--model-name``): the logger reads the
 model's production pointer (``s3://<models-bucket>/<model>/production.json``, see
 :mod:`kfloop.deploy.registry`) at start and every ``--follow-seconds``, and logs under the
@@ -51,7 +65,7 @@ current version goes on.
 
 Metrics on ``GET /metrics`` (every metric has ``model`` and ``version`` labels, but the two
 ``--follow-production`` counters, ``model`` only): events
-received / rejected / dropped / rows written, write latency, orphans, the prediction
+received / rejected / dropped / rows written, event batches, write latency, orphans, the prediction
 histogram, and, over a sliding window of the last ``--window-rows`` rows, updated every
 ``--drift-every-rows`` rows and at each flush: ``kfloop_feature_psi``,
 ``kfloop_feature_js_divergence`` (base 2, in [0, 1]), ``kfloop_feature_missing_rate`` per
@@ -96,9 +110,12 @@ from kfloop.serving.events import (
     EventError,
     EventPairer,
     FeatureSchema,
+    InferenceEvent,
     LogRow,
     Violation,
+    is_batch,
     parse_cloudevent,
+    parse_cloudevent_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -269,6 +286,13 @@ class LoggerMetrics:
             "retry), late (the other half came after its pair was written as an orphan), "
             "write_failed (rows, given up at shutdown)",
             [*mv, "reason"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "kfloop_logger_event_batches",
+            "Batched-content-mode posts (application/cloudevents-batch+json) with at least one "
+            "event accepted; their events are counted in events_received one by one",
+            mv,
             registry=r,
         )
         self.written = Counter(
@@ -596,32 +620,47 @@ class PayloadLogger:
         """Take one HTTP-delivered CloudEvent; returns (HTTP status, message)."""
         m = self.metrics
         try:
-            if self._closing:
-                raise _Reject(503, "shutting_down", "the logger is shutting down; retry")
-            target = self.target
-            if target is None:
-                raise _Reject(
-                    503,
-                    "no_production_version",
-                    f"no production version of {self.config.model_name} yet; retry",
-                )
-            if self.unflushed_rows >= self.config.max_buffered_rows:
-                raise _Reject(
-                    429,
-                    "overload",
-                    f"{self.unflushed_rows} rows not yet written (limit "
-                    f"{self.config.max_buffered_rows}); retry later",
-                )
+            target = self._check_accepting()
             event = parse_cloudevent(headers, body)
-            if self._draining:
-                target = next((t for t in self._draining if t.pairer.knows(event.id)), target)
-            result = target.pairer.add(event, time.monotonic(), time.time())
+            status = self._take(target, event)
         except _Reject as exc:
             m.reject(exc.reason)
             return exc.status, str(exc)
         except EventError as exc:
             m.reject(exc.reason)
             return exc.status, str(exc)
+        return 200, status
+
+    def _check_accepting(self) -> _Target:
+        """The current target, or :class:`_Reject` (503 shutting down / no version, 429)."""
+        if self._closing:
+            raise _Reject(503, "shutting_down", "the logger is shutting down; retry")
+        target = self.target
+        if target is None:
+            raise _Reject(
+                503,
+                "no_production_version",
+                f"no production version of {self.config.model_name} yet; retry",
+            )
+        if self.unflushed_rows >= self.config.max_buffered_rows:
+            raise _Reject(
+                429,
+                "overload",
+                f"{self.unflushed_rows} rows not yet written (limit "
+                f"{self.config.max_buffered_rows}); retry later",
+            )
+        return target
+
+    def _take(self, target: _Target, event: InferenceEvent) -> str:
+        """Pair one parsed event and buffer its rows; returns the pairer's status.
+
+        Raises:
+            EventError: the payload cannot be decoded (nothing of the event is kept).
+        """
+        m = self.metrics
+        if self._draining:
+            target = next((t for t in self._draining if t.pairer.knows(event.id)), target)
+        result = target.pairer.add(event, time.monotonic(), time.time())
         (m.received_request if event.kind == "request" else m.received_response).inc()
         if result.violations:
             m.violation(result.violations)
@@ -629,7 +668,39 @@ class PayloadLogger:
             m.drop(result.status)
         elif result.rows:
             self._add_rows(target, result.rows)
-        return 200, result.status
+        return result.status
+
+    def handle_batch(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Take one batched-content-mode post (see the module docs); returns (HTTP status,
+        JSON answer): 200 ``{"accepted", "rejected"}`` when any event was accepted, 400 when
+        none was or the batch is malformed, 429/503 for the whole batch."""
+        m = self.metrics
+        try:
+            target = self._check_accepting()
+            parsed = parse_cloudevent_batch(body)
+        except _Reject as exc:
+            m.reject(exc.reason)
+            return exc.status, {"error": str(exc)}
+        except EventError as exc:
+            m.reject(exc.reason)
+            return exc.status, {"error": str(exc)}
+        accepted = 0
+        rejected: list[dict[str, Any]] = []
+        for index, item in enumerate(parsed):
+            try:
+                if isinstance(item, EventError):
+                    raise item
+                self._take(target, item)
+                accepted += 1
+            except EventError as exc:
+                m.reject(exc.reason)
+                rejected.append({"index": index, "reason": exc.reason, "error": str(exc)})
+        answer: dict[str, Any] = {"accepted": accepted, "rejected": rejected}
+        if not accepted:
+            answer["error"] = f"no event of the batch was accepted: {rejected[0]['error']}"
+            return 400, answer
+        m.batches.labels(**m.labels).inc()
+        return 200, answer
 
     def _add_rows(self, target: _Target, rows: list[LogRow]) -> None:
         if not target.buffer:
@@ -952,7 +1023,8 @@ class PayloadLogger:
 
 
 def create_app(service: PayloadLogger) -> Starlette:
-    """The ASGI app: ``POST /`` events, ``GET /metrics``, ``/healthz``, ``/readyz``."""
+    """The ASGI app: ``POST /`` events (one, or a batch), ``GET /metrics``, ``/healthz``,
+    ``/readyz``."""
     limit = service.config.max_body_bytes
 
     async def events(request: Request) -> Response:
@@ -971,6 +1043,10 @@ def create_app(service: PayloadLogger) -> Starlette:
                 return JSONResponse({"error": f"body is over the limit of {limit} bytes"}, 413)
             chunks.append(chunk)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if is_batch(request.headers):
+            status, answer = service.handle_batch(body)
+            retry = {"Retry-After": "1"} if status in (429, 503) else None
+            return JSONResponse(answer, status, headers=retry)
         status, message = service.handle(request.headers, body)
         if status == 200:
             return Response(status_code=200)

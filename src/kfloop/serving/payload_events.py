@@ -36,6 +36,21 @@ failed post is logged (rate-limited) and counted (``reason="send_failed"``), a b
 cannot be encoded is counted as ``reason="encode_failed"``; nothing is retried in the request
 path.
 
+Batched delivery (``batch_max_events`` > 1, ``--logger-batch-events``; off by default, when
+the predictor posts exactly what the agent posts): each sender takes the next queued event and
+whatever else is queued, up to ``batch_max_events`` events and ``BATCH_MAX_BYTES`` of bodies,
+and posts them as one CloudEvents
+batch (``Content-Type: application/cloudevents-batch+json``: a JSON array of structured-mode
+events with the same attributes as the headers above, ``datacontenttype``
+``application/json`` and the body as ``data``), which kfloop's logger takes on the same URL
+(:mod:`kfloop.serving.logger`). One post carries the events queued while the previous one was
+in flight, so batches grow with the load and a quiet predictor still posts each event at once.
+A batch answered 429 or 503 (the logger's buffer is full, or it restarts) is posted again, up
+to ``BATCH_RETRIES`` times, ``Retry-After``-like waits apart (the queue absorbs the meantime;
+past it, events are dropped as ``queue_full``); other failures count every event of the batch
+as ``send_failed``. The KServe agent does not batch: a cluster's logger still gets single
+events from it.
+
 On shutdown the predictor calls :meth:`PayloadEmitter.close` after the HTTP and gRPC servers
 stopped taking requests: every event queued before is posted, for at most the drain time
 (``--logger-drain-seconds``); what is left then is counted as ``reason="shutdown"``.
@@ -70,6 +85,17 @@ SPEC_VERSION = "1.0"
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_SENDERS = 4
+DEFAULT_BATCH_EVENTS = 1
+MAX_BATCH_EVENTS = 1000
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+BATCH_MAX_BYTES = 2**20
+"""A batch stops growing once the next event would take it past this many bytes of data
+(a single bigger event goes alone); well under the logger's ``--max-body-bytes`` (10 MiB)."""
+BATCH_RETRIES = 10
+BATCH_RETRY_WAIT_S = 0.25
+"""Seconds before the first re-post of a batch answered 429/503 (doubled each time, at most
+``BATCH_RETRY_MAX_WAIT_S``: about 15 s in all before the batch counts as ``send_failed``)."""
+BATCH_RETRY_MAX_WAIT_S = 2.0
 
 EVENTS_SENT = Counter(
     "kfloop_payload_events_sent_total",
@@ -247,6 +273,8 @@ class PayloadEmitter:
         queue_size: Most events waiting; beyond it events are dropped and counted.
         timeout: Seconds per post.
         senders: Concurrent sender tasks (and pooled connections) posting the events.
+        batch_max_events: Most events per post; above 1, queued events go as CloudEvents
+            batches (kfloop's logger only), 1 posts each event alone as the agent does.
     """
 
     def __init__(
@@ -257,6 +285,7 @@ class PayloadEmitter:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         timeout: float = DEFAULT_TIMEOUT_S,
         senders: int = DEFAULT_SENDERS,
+        batch_max_events: int = DEFAULT_BATCH_EVENTS,
     ) -> None:
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError("logger_url", f"{url!r} is not an http:// or https:// URL")
@@ -264,12 +293,32 @@ class PayloadEmitter:
             raise ConfigError("logger_queue_size", f"must be an integer >= 2, got {queue_size!r}")
         if isinstance(senders, bool) or not isinstance(senders, int) or not 1 <= senders <= 64:
             raise ConfigError("logger_senders", f"must be an integer in [1, 64], got {senders!r}")
+        if (
+            isinstance(batch_max_events, bool)
+            or not isinstance(batch_max_events, int)
+            or not 1 <= batch_max_events <= MAX_BATCH_EVENTS
+        ):
+            raise ConfigError(
+                "logger_batch_events",
+                f"must be an integer in [1, {MAX_BATCH_EVENTS}], got {batch_max_events!r}",
+            )
         self.url = url
         self.identity = identity
         self.queue_size = queue_size
         self.timeout = timeout
         self.senders = senders
+        self.batch_max_events = batch_max_events
         self._headers = _static_headers(identity)
+        self._structured = {
+            "specversion": SPEC_VERSION,
+            "source": identity.source,
+            "inferenceservicename": identity.inference_service,
+            "namespace": identity.namespace,
+            "component": identity.component,
+            "endpoint": identity.endpoint,
+            "metadata": "{}",
+            "datacontenttype": "application/json",
+        }
         self._static_head = "".join(f"{k}: {v}\r\n" for k, v in self._headers.items()).encode()
         self._queue: asyncio.Queue[_Event] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -378,16 +427,95 @@ class PayloadEmitter:
             self._last_error_log = now
             log.warning("payload logger %s did not take event %s: %s", self.url, event_id, reason)
 
+    def _structured_event(self, event: _Event) -> tuple[dict[str, Any] | None, int]:
+        """One event of a batch (structured mode), or None when its body cannot be encoded;
+        and the size of its body."""
+        kind, event_id, body, at = event
+        encoded = self._encode(event_id, body)  # bytes (JSON as it arrived) are kept as is
+        if encoded is None:
+            return None, 0
+        out: dict[str, Any] = dict(self._structured)
+        # The same id as a binary-mode post would carry (control characters replaced).
+        out["id"] = _CONTROL.sub("_", event_id)
+        out["type"] = kind
+        out["time"] = _stamp(datetime.fromtimestamp(at, UTC))
+        out["data"] = orjson.Fragment(encoded)
+        return out, len(encoded)
+
+    async def _post_batch(self, poster: _Poster, events: list[dict[str, Any] | None]) -> None:
+        structured = [e for e in events if e is not None]
+        if not structured:
+            return
+        content = orjson.dumps(structured)
+        head = b"".join(
+            (
+                b"content-type: ",
+                BATCH_CONTENT_TYPE.encode("ascii"),
+                b"\r\ncontent-length: ",
+                str(len(content)).encode("ascii"),
+                b"\r\n\r\n",
+            )
+        )
+        for attempt in range(BATCH_RETRIES + 1):
+            try:
+                status = await poster.post(head, content)
+                ok, reason = 200 <= status < 300, f"HTTP {status}"
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                status, ok = 0, False
+                reason = f"{type(exc).__name__}: {exc or 'timed out'}"
+            if ok or status not in (429, 503) or attempt == BATCH_RETRIES:
+                break
+            await asyncio.sleep(min(BATCH_RETRY_MAX_WAIT_S, BATCH_RETRY_WAIT_S * 2**attempt))
+        if ok:
+            self.sent += len(structured)
+            for e in structured:
+                EVENTS_SENT.labels(type=e["type"].rsplit(".", 1)[-1]).inc()
+            return
+        self.failed += len(structured)
+        EVENTS_DROPPED.labels(reason="send_failed").inc(len(structured))
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.warning(
+                "payload logger %s did not take a batch of %d events: %s",
+                self.url,
+                len(structured),
+                reason,
+            )
+
     async def _sender(self, poster: _Poster) -> None:
         assert self._queue is not None
         queue = self._queue
+        batch_max = self.batch_max_events
+        # An event taken from the queue that did not fit in the previous batch (by size).
+        carry: tuple[dict[str, Any] | None, int] | None = None
         while True:
-            event = await queue.get()
+            if batch_max == 1:
+                event = await queue.get()
+                try:
+                    await self._post(poster, event)
+                finally:
+                    self._pending -= 1
+                    queue.task_done()
+                    QUEUE_DEPTH.set(queue.qsize())
+                continue
+            if carry is None:
+                carry = self._structured_event(await queue.get())
+            batch, size = [carry[0]], carry[1]
+            carry = None
+            while len(batch) < batch_max and not queue.empty():
+                item = self._structured_event(queue.get_nowait())
+                if size + item[1] > BATCH_MAX_BYTES:
+                    carry = item
+                    break
+                batch.append(item[0])
+                size += item[1]
             try:
-                await self._post(poster, event)
+                await self._post_batch(poster, batch)
             finally:
-                self._pending -= 1
-                queue.task_done()
+                self._pending -= len(batch)
+                for _ in batch:
+                    queue.task_done()
                 QUEUE_DEPTH.set(queue.qsize())
 
     async def flush(self, timeout: float = 5.0) -> bool:

@@ -85,7 +85,9 @@ from kfloop.core.settings import Settings
 from kfloop.serving.batcher import DynamicBatcher
 from kfloop.serving.fastpath import ADMIN_TOKEN_ENV, AdminGuard, PredictorFront
 from kfloop.serving.payload_events import (
+    DEFAULT_BATCH_EVENTS,
     DEFAULT_SENDERS,
+    MAX_BATCH_EVENTS,
     EventIdentity,
     PayloadEmitter,
     v2_json_inputs,
@@ -177,6 +179,7 @@ class ServeOptions:
     logger_source: str = ""
     logger_senders: int = DEFAULT_SENDERS
     logger_drain_seconds: float = DEFAULT_DRAIN_S
+    logger_batch_events: int = DEFAULT_BATCH_EVENTS
     inline_max_rows: int = 64
     intra_op_threads: int = 0
 
@@ -192,6 +195,11 @@ class ServeOptions:
             raise ConfigError("intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
         if not 1 <= self.logger_senders <= 64:
             raise ConfigError("logger_senders", f"must be in [1, 64], got {self.logger_senders}")
+        if not 1 <= self.logger_batch_events <= MAX_BATCH_EVENTS:
+            raise ConfigError(
+                "logger_batch_events",
+                f"must be in [1, {MAX_BATCH_EVENTS}], got {self.logger_batch_events}",
+            )
         if not 0 <= self.logger_drain_seconds <= 3600:
             raise ConfigError(
                 "logger_drain_seconds", f"must be in [0, 3600], got {self.logger_drain_seconds}"
@@ -297,6 +305,7 @@ class OnnxPredictor(kserve.Model):
             identity,
             queue_size=self.options.logger_queue_size,
             senders=self.options.logger_senders,
+            batch_max_events=self.options.logger_batch_events,
         )
 
     # kserve hooks ----------------------------------------------------------------------------
@@ -1159,6 +1168,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DRAIN_S,
         help="after SIGTERM, longest wait to post the payload events still queued",
     )
+    parser.add_argument(
+        "--logger-batch-events",
+        type=int,
+        default=DEFAULT_BATCH_EVENTS,
+        help="most payload events per post; above 1, queued events go as one CloudEvents batch "
+        "(kfloop's logger only; default 1: one event per post, as the KServe agent does)",
+    )
     parser.add_argument("--logger-source", default="", help="ce-source (default: own URL)")
     parser.add_argument("--inference-service", default="", help="ce-inferenceservicename")
     parser.add_argument("--namespace", default="default", help="ce-namespace")
@@ -1212,6 +1228,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         logger_source=args.logger_source or f"http://localhost:{args.http_port}/",
         logger_senders=args.logger_senders,
         logger_drain_seconds=args.logger_drain_seconds,
+        logger_batch_events=args.logger_batch_events,
         inline_max_rows=args.inline_max_rows,
         intra_op_threads=args.intra_op_threads,
     )
