@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from minio.deleteobjects import DeleteObject
 
 from kfloop.core.objectstore import ObjectStore
 from kfloop.core.settings import Settings
@@ -71,13 +73,23 @@ def store(settings: Settings) -> ObjectStore:
 
 
 @pytest.fixture
-def bucket(store: ObjectStore, request: pytest.FixtureRequest) -> str:
+def bucket(store: ObjectStore, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh bucket per test, named after the test."""
     raw = "t-" + request.node.name.lower()
     name = "".join(c if c.isalnum() else "-" for c in raw)[:50].strip("-")
     name = f"{name}-{random.randrange(16**6):06x}"
     store.ensure_bucket(name)
-    return name
+    yield name
+    # SeaweedFS keeps one volume per bucket (a collection) and its volume count is bounded:
+    # dropping the bucket after the test gives the volume back.
+    try:
+        client = store.client
+        doomed = (DeleteObject(o.object_name) for o in client.list_objects(name, recursive=True))
+        for error in client.remove_objects(name, doomed):
+            warnings.warn(f"cleanup of bucket {name}: {error}", stacklevel=1)
+        client.remove_bucket(name)
+    except Exception as exc:  # cleanup must not fail the test
+        warnings.warn(f"cleanup of bucket {name} failed: {exc}", stacklevel=1)
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ GRPC_OFFSET = 10000
 DEFAULT_S3_PORT = 8333
 
 
+MAX_VOLUMES = 1000
+
+
 def weed_binary() -> str:
     """Path of the ``weed`` binary: next to this interpreter first, then on PATH."""
     beside = Path(sys.executable).parent / "weed"
@@ -110,6 +113,11 @@ def seaweedfs_process(home: Path, settings: Settings, s3_port: int) -> ManagedPr
         f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}",
         f"-admin.port={ports['admin']}",
+        # Every bucket is a SeaweedFS collection with volumes of its own. Left at 0, the volume
+        # limit is free disk divided by 1 GB (about 50 on a 60 GB disk), and the next new bucket
+        # fails every write with InternalError "no free volumes left". Volumes are sparse
+        # files, so a high limit costs no disk up front.
+        f"-volume.max={MAX_VOLUMES}",
         "-webdav=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
