@@ -147,6 +147,13 @@ def test_interrupted_demo_leaves_nothing_behind(tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = free_s3_port()
     argv = [
+        # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited
+        # SIG_IGN (no KeyboardInterrupt ever): CI may run the suite that way. A terminal's
+        # foreground job has the default disposition, so give the demo that.
+        sys.executable,
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])",
         KFLOOP,
         "demo",
         "--home",
