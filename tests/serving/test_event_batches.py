@@ -456,3 +456,65 @@ def test_batches_stop_growing_at_the_byte_limit(event_receiver: EventReceiver) -
     # a third of the limit and a bit: two big bodies (and their small responses) per post
     assert [len(json.loads(p.body)) for p in posts] == [4, 4]
     assert events[0]["data"] == big and events[1]["data"] == {"predictions": [0.5]}
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_the_emitter_delivers_on_uvloop(event_receiver: EventReceiver, batch: int) -> None:
+    """``kfloop serve`` runs on uvloop, whose transports are not ``asyncio.Transport``
+    subclasses: every event still arrives, in either mode."""
+    import uvloop
+
+    emitter = PayloadEmitter(
+        event_receiver.url, EventIdentity(MODEL), batch_max_events=batch, senders=1
+    )
+
+    async def emit_all() -> bool:
+        for i in range(5):
+            emitter.emit(f"uv{batch}-{i}", {"instances": [[i]]}, {"predictions": [0.5]})
+        delivered = await emitter.flush(timeout=30)
+        await emitter.close()
+        return delivered
+
+    assert uvloop.run(emit_all())
+    assert (emitter.sent, emitter.failed) == (10, 0)
+    tag = f"uv{batch}-"
+    posts = event_receiver.wait_for(
+        lambda e: tag.encode() in e.body or e.headers.get("ce-id", "").startswith(tag)
+    )
+    if batch == 1:
+        ids = [p.headers["ce-id"] for p in posts]
+    else:
+        ids = [e["id"] for p in posts for e in json.loads(p.body)]
+    assert sorted(ids) == sorted([f"{tag}{i}" for i in range(5)] * 2)
+
+
+def test_a_sender_outlives_an_unexpected_error(
+    event_receiver: EventReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in posting costs the events of that post, counted as failed, and the next
+    events are still delivered (the sender task used to die silently)."""
+    from kfloop.serving import payload_events
+
+    real_post = payload_events._Poster.post
+    calls = {"n": 0}
+
+    async def flaky_post(self: Any, head: bytes, body: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected fault")
+        return await real_post(self, head, body)
+
+    monkeypatch.setattr(payload_events._Poster, "post", flaky_post)
+    emitter = PayloadEmitter(event_receiver.url, EventIdentity(MODEL), senders=1)
+
+    async def emit_all() -> bool:
+        for i in range(3):
+            emitter.emit(f"bug-{i}", {"instances": [[i]]}, {"predictions": [0.5]})
+        delivered = await emitter.flush(timeout=30)
+        await emitter.close()
+        return delivered
+
+    assert asyncio.run(emit_all())
+    assert (emitter.sent, emitter.failed) == (5, 1)
+    got = event_receiver.wait_for(lambda e: e.headers.get("ce-id", "").startswith("bug-"))
+    assert len(got) == 5

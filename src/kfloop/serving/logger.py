@@ -985,6 +985,10 @@ class PayloadLogger:
 
     async def start(self) -> None:
         """Start the writer, the timer and the follower (call from the running event loop)."""
+        # pyarrow imports pandas on its first conversion of Python objects: about a second of
+        # CPU holding the GIL. Pay it here, before the logger reports ready, rather than on
+        # the first flush, where it stalled the event loop under traffic.
+        pa.array([0.0], pa.float64())
         self._queue = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._writer(), name="kfloop-logger-writer"),

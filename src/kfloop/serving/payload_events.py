@@ -68,7 +68,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -170,8 +170,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; both have write/close.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -225,7 +225,8 @@ class _Poster:
             fresh = conn is None or conn.closed
             if fresh:
                 conn = await self._connect()
-            assert conn is not None and conn.transport is not None
+            if conn is None or conn.transport is None:
+                raise ConnectionError("no connection to the payload logger")
             loop = asyncio.get_running_loop()
             conn.waiter = loop.create_future()
             conn.transport.write(self.head + head + body)
@@ -494,6 +495,8 @@ class PayloadEmitter:
                 event = await queue.get()
                 try:
                     await self._post(poster, event)
+                except Exception:  # a bug must cost events, counted, never the sender
+                    self._lost_to_bug(1)
                 finally:
                     self._pending -= 1
                     queue.task_done()
@@ -512,11 +515,21 @@ class PayloadEmitter:
                 size += item[1]
             try:
                 await self._post_batch(poster, batch)
+            except Exception:  # a bug must cost events, counted, never the sender
+                self._lost_to_bug(len(batch))
             finally:
                 self._pending -= len(batch)
                 for _ in batch:
                     queue.task_done()
                 QUEUE_DEPTH.set(queue.qsize())
+
+    def _lost_to_bug(self, count: int) -> None:
+        self.failed += count
+        EVENTS_DROPPED.labels(reason="send_failed").inc(count)
+        now = time.monotonic()
+        if now - self._last_error_log > 10:  # at most one traceback per 10 s
+            self._last_error_log = now
+            log.exception("payload events: %d event(s) not sent: unexpected error", count)
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the queue is empty (True) or ``timeout`` seconds pass (False)."""

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -1008,6 +1008,26 @@ class _BoundGRPCServer(GRPCServer):
         await self._server.wait_for_termination()
 
 
+def run_event_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run ``main`` on uvloop when ``event_loop`` is ``auto`` or ``uvloop`` and it is installed
+    (uvicorn's own choice for ``loop="auto"``), else on asyncio's loop.
+
+    KServe names the option but then serves inside ``asyncio.run``, so its ``auto`` never
+    reached uvloop. On uvloop a batch-1 request costs the predictor less CPU (measured in
+    ``make bench``).
+    """
+    if event_loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise ConfigError("event_loop", "uvloop is not installed") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
 class KfloopModelServer(kserve.ModelServer):
     """``kserve.ModelServer`` (single process) with what KServe 0.21 has no option for.
 
@@ -1098,7 +1118,7 @@ class KfloopModelServer(kserve.ModelServer):
             f", gRPC on port {self.grpc_port}" if self.enable_grpc else "",
             self.admin.mode,
         )
-        asyncio.run(self._serve())
+        run_event_loop(self._serve(), self.event_loop)
 
     async def _serve(self) -> None:
         await asyncio.gather(*self.servers)
