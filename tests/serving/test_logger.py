@@ -318,6 +318,17 @@ def test_bad_events_are_refused_with_a_reason(
     big = server.post((headers, b"{" + b" " * 200_000 + b"}"))
     assert big.status_code == 413
 
+    def chunks() -> Iterator[bytes]:  # no content-length: the limit holds while reading
+        yield b"{"
+        for _ in range(30):
+            yield b" " * 10_000
+
+    streamed = server.client.post("/", headers=headers, content=chunks())
+    assert streamed.status_code == 413
+    assert "limit of 100000 bytes" in streamed.json()["error"]
+    not_a_post = server.client.get("/")
+    assert (not_a_post.status_code, not_a_post.headers["allow"]) == (405, "POST")
+
     wrong_type = {"instances": [{"age": "old", "colour": "red"}]}
     h2, b2 = to_binary(CloudEvent({"type": REQUEST_TYPE, "id": "w", "source": "s"}, wrong_type))
     assert server.post((h2, b2)).status_code == 200  # logged; the values are flagged
@@ -326,7 +337,7 @@ def test_bad_events_are_refused_with_a_reason(
     assert metric(text, "kfloop_logger_events_rejected_total", reason="no_id") == 1
     assert metric(text, "kfloop_logger_events_rejected_total", reason="bad_payload") == 1
     assert metric(text, "kfloop_logger_events_rejected_total", reason="bad_event") == 1
-    assert metric(text, "kfloop_logger_events_rejected_total", reason="too_large") == 1
+    assert metric(text, "kfloop_logger_events_rejected_total", reason="too_large") == 2
     assert metric(text, "kfloop_schema_violations_total", feature="colour") == 1
     assert metric(text, "kfloop_schema_violations_total", feature="age", reason="wrong_type") == 1
     assert server.terminate() == 0, server.log()

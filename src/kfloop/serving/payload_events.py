@@ -23,9 +23,11 @@ header                                value
 
 and the body is the v1 or v2 JSON body (v2 binary tensors are logged as JSON ``data``).
 
-Never in the way of an inference: :meth:`PayloadEmitter.emit` only does ``put_nowait`` on a
-bounded :class:`asyncio.Queue` (the bodies are serialised later, by the senders, not on the
-request path); a full queue drops the event and counts it
+Never in the way of an inference: :meth:`PayloadEmitter.emit` only does one ``put_nowait``
+(the request and response of one inference, which share id and time) on a bounded
+:class:`asyncio.Queue` (bodies are serialised later, by the senders, not on the request path;
+a JSON body the predictor already has, the request as it arrived or the JSON answer, is
+logged as those bytes); a full queue drops both events and counts them
 (``kfloop_payload_events_dropped_total{reason="queue_full"}``). ``senders`` background tasks
 (default 4, ``--logger-senders``) each keep one HTTP/1.1 keep-alive connection to the logger
 (:class:`_Connection`: asyncio transport, answers parsed by ``httptools``, uvicorn's parser)
@@ -38,8 +40,8 @@ path.
 
 Batched delivery (``batch_max_events`` > 1, ``--logger-batch-events``; off by default, when
 the predictor posts exactly what the agent posts): each sender takes the next queued event and
-whatever else is queued, up to ``batch_max_events`` events and ``BATCH_MAX_BYTES`` of bodies,
-and posts them as one CloudEvents
+whatever else is queued, up to ``batch_max_events`` events (whole inferences: both events of
+each) and ``BATCH_MAX_BYTES`` of bodies, and posts them as one CloudEvents
 batch (``Content-Type: application/cloudevents-batch+json``: a JSON array of structured-mode
 events with the same attributes as the headers above, ``datacontenttype``
 ``application/json`` and the body as ``data``), which kfloop's logger takes on the same URL
@@ -261,8 +263,9 @@ class _Poster:
             self._conn = None
 
 
-# A queued event: (ce-type, ce-id, body or a callable returning it, time.time() of the emit).
-_Event = tuple[str, str, Any, float]
+# A queued inference: (ce-id, request body, response body, time.time() of the emit); a body is
+# JSON bytes, a JSON-able value or a callable returning one. One item = two events.
+_Item = tuple[str, Any, Any, float]
 
 
 class PayloadEmitter:
@@ -310,7 +313,7 @@ class PayloadEmitter:
         self.senders = senders
         self.batch_max_events = batch_max_events
         self._headers = _static_headers(identity)
-        self._structured = {
+        structured = {
             "specversion": SPEC_VERSION,
             "source": identity.source,
             "inferenceservicename": identity.inference_service,
@@ -320,12 +323,21 @@ class PayloadEmitter:
             "metadata": "{}",
             "datacontenttype": "application/json",
         }
+        # A structured-mode event is these bytes, then the id, type, time and data members.
+        self._structured_head = orjson.dumps(structured)[:-1] + b',"id":'
         self._static_head = "".join(f"{k}: {v}\r\n" for k, v in self._headers.items()).encode()
-        self._queue: asyncio.Queue[_Event] | None = None
+        self._queue: asyncio.Queue[_Item] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._posters: list[_Poster] = []
         self._last_error_log = 0.0
         self._pending = 0
+        self._stamp_second = -1
+        self._stamp_prefix = ""
+        self._sent = {
+            REQUEST_TYPE: EVENTS_SENT.labels(type="request"),
+            RESPONSE_TYPE: EVENTS_SENT.labels(type="response"),
+        }
+        self._send_failed = EVENTS_DROPPED.labels(reason="send_failed")
         self.sent = 0
         self.dropped = 0
         self.failed = 0
@@ -334,9 +346,10 @@ class PayloadEmitter:
     def enabled(self) -> bool:
         return bool(self.url)
 
-    def _ensure_started(self) -> asyncio.Queue[_Event]:
+    def _ensure_started(self) -> asyncio.Queue[_Item]:
         if self._queue is None:
-            self._queue = asyncio.Queue(maxsize=self.queue_size)
+            # Two events per item: the bound is on events, as configured.
+            self._queue = asyncio.Queue(maxsize=self.queue_size // 2)
         if len(self._tasks) < self.senders or any(t.done() for t in self._tasks):
             loop = asyncio.get_running_loop()
             self._tasks = [t for t in self._tasks if not t.done()]
@@ -359,26 +372,31 @@ class PayloadEmitter:
         """Enqueue the request and the response event of one inference; never blocks.
 
         A body is JSON ``bytes`` sent as they are, a JSON-able value (numpy arrays allowed), or
-        a callable returning one, called
-        later by a sender (so building a big body costs the request nothing); the caller must
-        not change a body after handing it over. Returns the event id used (``request_id`` or
-        a new UUID), or None when off. Must be called from the event loop. Both events are
-        queued, or neither (counted as drops).
+        a callable returning one, called later by a sender (so building a big body costs the
+        request nothing); the caller must not change a body after handing it over. Returns the
+        event id used (``request_id`` or a new UUID), or None when off. Must be called from
+        the event loop. Both events are queued, or neither (counted as drops).
         """
         if not self.enabled:
             return None
         event_id = request_id or str(uuid.uuid4())
         queue = self._ensure_started()
-        if queue.maxsize - queue.qsize() < 2:
+        if queue.full():
             self.dropped += 2
             EVENTS_DROPPED.labels(reason="queue_full").inc(2)
             return event_id
-        now = time.time()
-        queue.put_nowait((REQUEST_TYPE, event_id, request_body, now))
-        queue.put_nowait((RESPONSE_TYPE, event_id, response_body, now))
+        queue.put_nowait((event_id, request_body, response_body, time.time()))
         self._pending += 2
-        QUEUE_DEPTH.set(queue.qsize())
+        QUEUE_DEPTH.set(2 * queue.qsize())
         return event_id
+
+    def _stamp(self, at: float) -> bytes:
+        """RFC 3339 UTC time of ``at`` to the microsecond (the date part cached per second)."""
+        second = int(at)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp_prefix}.{int((at - second) * 1e6):06d}Z".encode("ascii")
 
     def _encode(self, event_id: str, body: Any) -> bytes | None:
         if isinstance(body, bytes):  # already the JSON body (the request as it arrived)
@@ -391,8 +409,7 @@ class PayloadEmitter:
             log.warning("payload event %s not logged: cannot encode the body: %s", event_id, exc)
             return None
 
-    async def _post(self, poster: _Poster, event: _Event) -> None:
-        kind, event_id, body, at = event
+    async def _post(self, poster: _Poster, kind: str, event_id: str, body: Any, at: float) -> None:
         content = self._encode(event_id, body)
         if content is None:
             return
@@ -406,7 +423,7 @@ class PayloadEmitter:
                 b"\r\nce-type: ",
                 kind.encode("ascii"),
                 b"\r\nce-time: ",
-                _stamp(datetime.fromtimestamp(at, UTC)).encode("ascii"),
+                self._stamp(at),
                 b"\r\ncontent-length: ",
                 str(len(content)).encode("ascii"),
                 b"\r\n\r\n",
@@ -419,35 +436,38 @@ class PayloadEmitter:
             ok, reason = False, f"{type(exc).__name__}: {exc or 'timed out'}"
         if ok:
             self.sent += 1
-            EVENTS_SENT.labels(type=kind.rsplit(".", 1)[-1]).inc()
+            self._sent[kind].inc()
             return
         self.failed += 1
-        EVENTS_DROPPED.labels(reason="send_failed").inc()
+        self._send_failed.inc()
         now = time.monotonic()
         if now - self._last_error_log > 10:
             self._last_error_log = now
             log.warning("payload logger %s did not take event %s: %s", self.url, event_id, reason)
 
-    def _structured_event(self, event: _Event) -> tuple[dict[str, Any] | None, int]:
-        """One event of a batch (structured mode), or None when its body cannot be encoded;
-        and the size of its body."""
-        kind, event_id, body, at = event
-        encoded = self._encode(event_id, body)  # bytes (JSON as it arrived) are kept as is
-        if encoded is None:
-            return None, 0
-        out: dict[str, Any] = dict(self._structured)
+    def _structured_events(self, item: _Item) -> tuple[list[bytes], list[str], int]:
+        """The structured-mode events (JSON bytes) of one queued inference, their types, and
+        the size of their bodies; an event whose body cannot be encoded is left out."""
+        event_id, request_body, response_body, at = item
         # The same id as a binary-mode post would carry (control characters replaced).
-        out["id"] = _CONTROL.sub("_", event_id)
-        out["type"] = kind
-        out["time"] = _stamp(datetime.fromtimestamp(at, UTC))
-        out["data"] = orjson.Fragment(encoded)
-        return out, len(encoded)
+        head = self._structured_head + orjson.dumps(_CONTROL.sub("_", event_id))
+        time_member = b',"time":"' + self._stamp(at) + b'","data":'
+        events, kinds, size = [], [], 0
+        for kind, body in ((REQUEST_TYPE, request_body), (RESPONSE_TYPE, response_body)):
+            encoded = self._encode(event_id, body)  # bytes (JSON as it arrived) kept as is
+            if encoded is None:
+                continue
+            events.append(
+                b"".join((head, b',"type":"', kind.encode(), b'"', time_member, encoded, b"}"))
+            )
+            kinds.append(kind)
+            size += len(encoded)
+        return events, kinds, size
 
-    async def _post_batch(self, poster: _Poster, events: list[dict[str, Any] | None]) -> None:
-        structured = [e for e in events if e is not None]
-        if not structured:
+    async def _post_batch(self, poster: _Poster, events: list[bytes], kinds: list[str]) -> None:
+        if not events:
             return
-        content = orjson.dumps(structured)
+        content = b"[" + b",".join(events) + b"]"
         head = b"".join(
             (
                 b"content-type: ",
@@ -468,19 +488,22 @@ class PayloadEmitter:
                 break
             await asyncio.sleep(min(BATCH_RETRY_MAX_WAIT_S, BATCH_RETRY_WAIT_S * 2**attempt))
         if ok:
-            self.sent += len(structured)
-            for e in structured:
-                EVENTS_SENT.labels(type=e["type"].rsplit(".", 1)[-1]).inc()
+            self.sent += len(events)
+            requests = kinds.count(REQUEST_TYPE)
+            if requests:
+                self._sent[REQUEST_TYPE].inc(requests)
+            if len(kinds) > requests:
+                self._sent[RESPONSE_TYPE].inc(len(kinds) - requests)
             return
-        self.failed += len(structured)
-        EVENTS_DROPPED.labels(reason="send_failed").inc(len(structured))
+        self.failed += len(events)
+        self._send_failed.inc(len(events))
         now = time.monotonic()
         if now - self._last_error_log > 10:
             self._last_error_log = now
             log.warning(
                 "payload logger %s did not take a batch of %d events: %s",
                 self.url,
-                len(structured),
+                len(events),
                 reason,
             )
 
@@ -488,40 +511,48 @@ class PayloadEmitter:
         assert self._queue is not None
         queue = self._queue
         batch_max = self.batch_max_events
-        # An event taken from the queue that did not fit in the previous batch (by size).
-        carry: tuple[dict[str, Any] | None, int] | None = None
+        # An inference taken from the queue that did not fit in the previous batch (by size).
+        carry: tuple[list[bytes], list[str], int] | None = None
         while True:
             if batch_max == 1:
-                event = await queue.get()
+                event_id, request_body, response_body, at = await queue.get()
                 try:
-                    await self._post(poster, event)
-                except Exception:  # a bug must cost events, counted, never the sender
-                    self._lost_to_bug(1)
+                    for kind, body in (
+                        (REQUEST_TYPE, request_body),
+                        (RESPONSE_TYPE, response_body),
+                    ):
+                        try:
+                            await self._post(poster, kind, event_id, body, at)
+                        except Exception:  # a bug must cost its event, counted, not the sender
+                            self._lost_to_bug(1)
                 finally:
-                    self._pending -= 1
+                    self._pending -= 2
                     queue.task_done()
-                    QUEUE_DEPTH.set(queue.qsize())
+                    QUEUE_DEPTH.set(2 * queue.qsize())
                 continue
-            if carry is None:
-                carry = self._structured_event(await queue.get())
-            batch, size = [carry[0]], carry[1]
-            carry = None
-            while len(batch) < batch_max and not queue.empty():
-                item = self._structured_event(queue.get_nowait())
-                if size + item[1] > BATCH_MAX_BYTES:
-                    carry = item
-                    break
-                batch.append(item[0])
-                size += item[1]
+            first = await queue.get() if carry is None else None
+            taken = 1  # queue items this batch accounts for (the carry's, or ``first``)
             try:
-                await self._post_batch(poster, batch)
+                events, kinds, size = carry or self._structured_events(cast(_Item, first))
+                carry = None
+                # Whole inferences only: a batch takes both events of each, or neither.
+                while len(events) + 2 <= batch_max and not queue.empty():
+                    item = self._structured_events(queue.get_nowait())
+                    if events and size + item[2] > BATCH_MAX_BYTES:
+                        carry = item  # accounted for by the next batch
+                        break
+                    taken += 1
+                    events += item[0]
+                    kinds += item[1]
+                    size += item[2]
+                await self._post_batch(poster, events, kinds)
             except Exception:  # a bug must cost events, counted, never the sender
-                self._lost_to_bug(len(batch))
+                self._lost_to_bug(2 * taken)
             finally:
-                self._pending -= len(batch)
-                for _ in batch:
+                self._pending -= 2 * taken
+                for _ in range(taken):
                     queue.task_done()
-                QUEUE_DEPTH.set(queue.qsize())
+                QUEUE_DEPTH.set(2 * queue.qsize())
 
     def _lost_to_bug(self, count: int) -> None:
         self.failed += count
