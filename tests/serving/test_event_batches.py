@@ -518,3 +518,28 @@ def test_a_sender_outlives_an_unexpected_error(
     assert (emitter.sent, emitter.failed) == (5, 1)
     got = event_receiver.wait_for(lambda e: e.headers.get("ce-id", "").startswith("bug-"))
     assert len(got) == 5
+
+
+def test_a_batch_carries_any_id_as_valid_json(event_receiver: EventReceiver) -> None:
+    """Batched events are built as bytes: an id with quotes, backslashes, non-ASCII and a
+    control character still gives valid JSON, with the id a binary-mode post would carry."""
+    emitter = PayloadEmitter(
+        event_receiver.url, EventIdentity(MODEL), batch_max_events=64, senders=1
+    )
+    ids = ['jsonid-q"uote', "jsonid-back\\slash", "jsonid-ünï", "jsonid-ctl\n"]
+
+    async def emit_all() -> bool:
+        for rid in ids:
+            emitter.emit(rid, {"instances": [[1]]}, b'{"predictions":[0.5]}')
+        delivered = await emitter.flush(timeout=30)
+        await emitter.close()
+        return delivered
+
+    assert asyncio.run(emit_all())
+    posts = event_receiver.wait_for(lambda e: b"jsonid-" in e.body)
+    events = [e for p in posts for e in json.loads(p.body)]
+    want = ['jsonid-q"uote', "jsonid-back\\slash", "jsonid-ünï", "jsonid-ctl_"]
+    assert [e["id"] for e in events] == [rid for rid in want for _ in (0, 1)]
+    assert {e["specversion"] for e in events} == {"1.0"}
+    assert [e["data"] for e in events[:2]] == [{"instances": [[1]]}, {"predictions": [0.5]}]
+    assert all(e["time"].endswith("Z") and len(e["time"]) == 27 for e in events)

@@ -142,7 +142,10 @@ class LoggerConfig:
         max_buffered_rows: Answer 429 above this many unwritten rows (buffer, writes in
             flight, half-pairs).
         window_rows: Rows in the drift sliding window.
-        drift_every_rows: Recompute drift after this many new rows (and at each flush).
+        drift_every_rows: Recompute drift after this many new rows (and at each flush, and
+            at least once a second while rows arrive): the default, the window's size, keeps
+            the per-feature PSI/JS out of every 1,024-row request's path (at 1,000 it took
+            about a tenth of the logger's CPU on 1,024-row traffic).
         hold_seconds: How long a request waits for its response (and the reverse) before
             it is written alone as an orphan.
         max_body_bytes: Largest accepted event body (413 above).
@@ -159,7 +162,7 @@ class LoggerConfig:
     flush_seconds: float = 60.0
     max_buffered_rows: int = 100_000
     window_rows: int = 10_000
-    drift_every_rows: int = 1_000
+    drift_every_rows: int = 10_000
     hold_seconds: float = 60.0
     max_body_bytes: int = 10 * 2**20
     dedupe_ids: int = 100_000

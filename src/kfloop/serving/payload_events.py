@@ -26,8 +26,8 @@ and the body is the v1 or v2 JSON body (v2 binary tensors are logged as JSON ``d
 Never in the way of an inference: :meth:`PayloadEmitter.emit` only does one ``put_nowait``
 (the request and response of one inference, which share id and time) on a bounded
 :class:`asyncio.Queue` (bodies are serialised later, by the senders, not on the request path;
-a JSON body the predictor already has, the request as it arrived or the JSON answer, is
-logged as those bytes); a full queue drops both events and counts them
+a JSON request is logged as the bytes that arrived); a full queue drops both events and
+counts them
 (``kfloop_payload_events_dropped_total{reason="queue_full"}``). ``senders`` background tasks
 (default 4, ``--logger-senders``) each keep one HTTP/1.1 keep-alive connection to the logger
 (:class:`_Connection`: asyncio transport, answers parsed by ``httptools``, uvicorn's parser)

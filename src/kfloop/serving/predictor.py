@@ -452,13 +452,13 @@ class OnnxPredictor(kserve.Model):
         rows: int,
         predictions: np.ndarray,
         request_body: bytes | None = None,
-        response_body: bytes | None = None,
     ) -> None:
         """Queue the request/response CloudEvents of one v2 inference (when logging is on).
 
-        ``request_body``/``response_body``: the JSON bodies as they arrived and as they were
-        answered, logged as they are (what the KServe agent does); else v2 JSON rebuilt from
-        the decoded columns and the predictions.
+        ``request_body``: the JSON body as it arrived, logged as is (what the KServe agent
+        does); else the request is logged as v2 JSON rebuilt from the decoded columns. The
+        response is rebuilt by the sender (logging the answer's bytes instead measured
+        slower at 1,024 rows: 434 against 501 req/s).
         """
         if not self.emitter.enabled:
             return
@@ -470,9 +470,7 @@ class OnnxPredictor(kserve.Model):
             request_body
             if request_body is not None
             else lambda: {"id": request_id, "inputs": v2_json_inputs(columns, rows)},
-            response_body
-            if response_body is not None
-            else lambda: {
+            lambda: {
                 "id": request_id,
                 "model_name": self.name,
                 "outputs": [
@@ -562,14 +560,7 @@ class OnnxPredictor(kserve.Model):
             answer = header + raw_out
         else:
             answer = self._json_answer(request_id, model_version, rows, predictions)
-        self._emit_v2(
-            request_id,
-            columns,
-            rows,
-            predictions,
-            json_body,
-            answer if json_length is None else None,
-        )
+        self._emit_v2(request_id, columns, rows, predictions, json_body)
         REQUESTS.labels(self.name, "v2", "ok").inc()
         LATENCY.labels(self.name, "v2").observe(time.perf_counter() - started)
         return 200, answer, json_length
