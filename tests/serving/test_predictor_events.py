@@ -16,7 +16,12 @@ from typing import Any
 import pytest
 
 from kfloop.local.process import free_port
-from kfloop.serving.payload_events import REQUEST_TYPE, EventIdentity, PayloadEmitter
+from kfloop.serving.payload_events import (
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    EventIdentity,
+    PayloadEmitter,
+)
 
 IDENTITY = EventIdentity(inference_service="churn", namespace="test")
 
@@ -26,6 +31,7 @@ class Sink:
     url: str = ""
     close_every: int = 0  # answer "Connection: close" on every n-th post (0: never)
     status: int = 200
+    refuse_first: int = 0  # answer 503 to this many posts first (the logger restarting)
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -42,7 +48,7 @@ def sink() -> Iterator[Sink]:
             with state.lock:
                 state.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 count = len(state.posts)
-            self.send_response(state.status)
+            self.send_response(503 if count <= state.refuse_first else state.status)
             self.send_header("content-length", "0")
             if state.close_every and count % state.close_every == 0:
                 self.send_header("connection", "close")
@@ -93,8 +99,20 @@ def test_control_characters_in_an_id_cannot_inject_a_header(sink: Sink) -> None:
         assert body
 
 
+def test_a_refused_event_is_posted_again_until_taken(sink: Sink) -> None:
+    """429/503 (the logger's buffer is full, or it restarts) is not a loss: one event at a
+    time, as the agent posts, the event goes again after a back-off and is delivered."""
+    sink.refuse_first = 3
+    emitter = PayloadEmitter(sink.url, IDENTITY, senders=1)
+    assert asyncio.run(_emit_all(emitter, ["r1", "r2"])) == 0
+    assert (emitter.sent, emitter.failed) == (4, 0)
+    delivered = [(h["ce-id"], h["ce-type"]) for h in [h for h, _ in sink.posts][3:]]
+    assert delivered == [(i, t) for i in ("r1", "r2") for t in (REQUEST_TYPE, RESPONSE_TYPE)]
+    assert [h["ce-id"] for h, _ in sink.posts[:3]] == ["r1", "r1", "r1"]  # the same event
+
+
 def test_error_answers_and_a_missing_logger_are_counted_not_raised(sink: Sink) -> None:
-    sink.status = 503
+    sink.status = 500  # not retried (429/503 are)
     emitter = PayloadEmitter(sink.url, IDENTITY, senders=2)
     assert asyncio.run(_emit_all(emitter, ["e1", "e2"])) == 0
     assert (emitter.sent, emitter.failed) == (0, 4)

@@ -34,9 +34,12 @@ counts them
 and post the events concurrently, the request head built from bytes prepared once (only
 ``ce-id``, ``ce-type`` and ``ce-time`` vary): about 30 us of CPU per post where aiohttp's
 client took about 100 us, which is what payload logging costs the predictor per event; a
-failed post is logged (rate-limited) and counted (``reason="send_failed"``), a body that
-cannot be encoded is counted as ``reason="encode_failed"``; nothing is retried in the request
-path.
+post answered 429 or 503 (the logger's buffer is full, or it restarts) is posted again, up to
+``BATCH_RETRIES`` times, ``Retry-After``-like waits apart (the queue absorbs the meantime;
+past it, events are dropped as ``queue_full``; the logger writes a re-posted id once, as it
+does for the agent's retries); another failed post is logged (rate-limited) and counted
+(``reason="send_failed"``), a body that cannot be encoded is counted as
+``reason="encode_failed"``; nothing is retried in the request path.
 
 Batched delivery (``batch_max_events`` > 1, ``--logger-batch-events``; off by default, when
 the predictor posts exactly what the agent posts): each sender takes the next queued event and
@@ -47,11 +50,9 @@ events with the same attributes as the headers above, ``datacontenttype``
 ``application/json`` and the body as ``data``), which kfloop's logger takes on the same URL
 (:mod:`kfloop.serving.logger`). One post carries the events queued while the previous one was
 in flight, so batches grow with the load and a quiet predictor still posts each event at once.
-A batch answered 429 or 503 (the logger's buffer is full, or it restarts) is posted again, up
-to ``BATCH_RETRIES`` times, ``Retry-After``-like waits apart (the queue absorbs the meantime;
-past it, events are dropped as ``queue_full``); other failures count every event of the batch
-as ``send_failed``. The KServe agent does not batch: a cluster's logger still gets single
-events from it.
+A batch answered 429 or 503 is posted again as a single event is; other failures count every
+event of the batch as ``send_failed``. The KServe agent does not batch: a cluster's logger
+still gets single events from it.
 
 On shutdown the predictor calls :meth:`PayloadEmitter.close` after the HTTP and gRPC servers
 stopped taking requests: every event queued before is posted, for at most the drain time
@@ -429,11 +430,7 @@ class PayloadEmitter:
                 b"\r\n\r\n",
             )
         )
-        try:
-            status = await poster.post(head, content)
-            ok, reason = 200 <= status < 300, f"HTTP {status}"
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            ok, reason = False, f"{type(exc).__name__}: {exc or 'timed out'}"
+        ok, reason = await self._deliver(poster, head, content)
         if ok:
             self.sent += 1
             self._sent[kind].inc()
@@ -444,6 +441,23 @@ class PayloadEmitter:
         if now - self._last_error_log > 10:
             self._last_error_log = now
             log.warning("payload logger %s did not take event %s: %s", self.url, event_id, reason)
+
+    async def _deliver(self, poster: _Poster, head: bytes, content: bytes) -> tuple[bool, str]:
+        """Post one event or batch; an answer of 429 or 503 (the logger's buffer is full, or
+        it restarts) is posted again, up to ``BATCH_RETRIES`` times, backing off (the logger
+        writes a re-posted event once, by id). Returns (delivered, why not)."""
+        ok, reason = False, ""
+        for attempt in range(BATCH_RETRIES + 1):
+            try:
+                status = await poster.post(head, content)
+                ok, reason = 200 <= status < 300, f"HTTP {status}"
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                status, ok = 0, False
+                reason = f"{type(exc).__name__}: {exc or 'timed out'}"
+            if ok or status not in (429, 503) or attempt == BATCH_RETRIES:
+                break
+            await asyncio.sleep(min(BATCH_RETRY_MAX_WAIT_S, BATCH_RETRY_WAIT_S * 2**attempt))
+        return ok, reason
 
     def _structured_events(self, item: _Item) -> tuple[list[bytes], list[str], int]:
         """The structured-mode events (JSON bytes) of one queued inference, their types, and
@@ -477,16 +491,7 @@ class PayloadEmitter:
                 b"\r\n\r\n",
             )
         )
-        for attempt in range(BATCH_RETRIES + 1):
-            try:
-                status = await poster.post(head, content)
-                ok, reason = 200 <= status < 300, f"HTTP {status}"
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                status, ok = 0, False
-                reason = f"{type(exc).__name__}: {exc or 'timed out'}"
-            if ok or status not in (429, 503) or attempt == BATCH_RETRIES:
-                break
-            await asyncio.sleep(min(BATCH_RETRY_MAX_WAIT_S, BATCH_RETRY_WAIT_S * 2**attempt))
+        ok, reason = await self._deliver(poster, head, content)
         if ok:
             self.sent += len(events)
             requests = kinds.count(REQUEST_TYPE)
