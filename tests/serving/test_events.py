@@ -7,6 +7,8 @@ import json
 import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kfloop.serving.events import (
     REQUEST_TYPE,
@@ -16,6 +18,7 @@ from kfloop.serving.events import (
     FeatureSchema,
     InferenceEvent,
     Kind,
+    _Checker,
     decode_request,
     decode_response,
     parse_cloudevent,
@@ -300,3 +303,56 @@ def test_schema_from_profile_uses_model_input_order() -> None:
     assert FeatureSchema.from_profile(profile, ["c", "a", "b"]).names == ("c", "a", "b")
     with pytest.raises(Exception, match="not in the reference profile"):
         FeatureSchema.from_profile(profile, ["zzz"])
+
+
+# -- the column fast path ------------------------------------------------------------------------
+
+_VALUES = st.one_of(
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.integers(-(2**40), 2**40),
+    st.booleans(),
+    st.text(max_size=4),
+    st.lists(st.floats(allow_nan=False, width=32), min_size=1, max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(age=st.lists(_VALUES, min_size=2, max_size=6), country=st.data())
+def test_columns_decode_exactly_as_value_by_value(
+    age: list[object], country: st.DataObject
+) -> None:
+    """Whatever the mix of types, a column decodes to what checking each value gives, with the
+    same violations: the set-of-types fast path only skips work."""
+    n = len(age)
+    countries = country.draw(st.lists(_VALUES, min_size=n, max_size=n))
+    as_lists = country.draw(st.booleans())
+    instances = [
+        [a, None, c] if as_lists else {"age": a, "country": c}
+        for a, c in zip(age, countries, strict=True)
+    ]
+    data = {"instances": instances}
+    decoded = decode_request(data, SCHEMA)
+    checker = _Checker(SCHEMA)
+    expected_age = [checker.value(0, v) for v in age]
+    expected_country = [checker.value(2, v) for v in countries]
+    assert decoded.columns == [expected_age, [None] * n, expected_country]
+    assert [type(v) for v in decoded.columns[0]] == [type(v) for v in expected_age]
+    assert sorted(decoded.violations) == sorted(checker.violations)
+    assert decoded.rows == [
+        [a, None, c] for a, c in zip(expected_age, expected_country, strict=True)
+    ]
+
+
+def test_a_block_reads_back_row_by_row_with_indexed_ids() -> None:
+    pairer = EventPairer(SCHEMA, hold_seconds=10)
+    pairer.add(_ie("request", "b", {"instances": [[1, 2.5, ""], [3, None, "FR"]]}), 0, 0)
+    result = pairer.add(_ie("response", "b", {"predictions": [0.25]}), 0, 0)
+    assert result.block is not None and result.block.n == 2
+    assert result.block.columns == [[1.0, 3.0], [2.5, None], [None, "FR"]]
+    assert result.block.predictions == [0.25, None]  # one prediction for two rows: padded
+    assert [(r.request_id, r.features, r.prediction) for r in result.rows] == [
+        ("b:0", [1.0, 2.5, None], 0.25),
+        ("b:1", [3.0, None, "FR"], None),
+    ]
+    assert ("prediction", "row_count_mismatch") in result.violations

@@ -270,7 +270,9 @@ class DriftMonitor:
         x = np.asarray(values, dtype=np.float64)
         self.prediction_window.add(numeric_bins(x, self.prediction_edges))
 
-    def add_columns(self, columns: Mapping[str, Sequence[Any]], predictions: Sequence[Any]) -> None:
+    def add_columns(
+        self, columns: Mapping[str, Sequence[Any]], predictions: np.ndarray | Sequence[Any]
+    ) -> None:
         """Add one batch: ``columns`` maps profiled feature names to equal-length values."""
         for name, values in columns.items():
             if name in self.coders:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ _V2_NUMPY: dict[str, str] = {
     "FP32": "<f4",
     "FP64": "<f8",
 }
+
+_BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 Kind = Literal["request", "response"]
 _KINDS: dict[str, Kind] = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
@@ -450,27 +453,28 @@ def decode_binary_body(body: bytes | str, header_length: int, where: str = "even
 def _tensor_values(chunk: memoryview, datatype: str, name: str, where: str) -> list[Any]:
     if datatype == "BYTES":
         values: list[Any] = []
+        append, length_at = values.append, _BYTES_LENGTH.unpack_from
         data, i, n = chunk.tobytes(), 0, len(chunk)
-        while i < n:
-            if i + 4 > n:
-                raise EventError(
-                    "bad_payload", f"{where}: BYTES tensor {name!r} ends inside a length prefix"
-                )
-            length = int.from_bytes(data[i : i + 4], "little")
-            if i + 4 + length > n:
-                raise EventError(
-                    "bad_payload",
-                    f"{where}: BYTES tensor {name!r}: element {len(values)} of {length} bytes "
-                    "runs past the tensor",
-                )
-            try:
-                values.append(data[i + 4 : i + 4 + length].decode("utf-8"))
-            except UnicodeDecodeError:
-                raise EventError(
-                    "bad_payload",
-                    f"{where}: BYTES tensor {name!r}: element {len(values)} is not UTF-8",
-                ) from None
-            i += 4 + length
+        try:
+            while i < n:
+                if i + 4 > n:
+                    raise EventError(
+                        "bad_payload", f"{where}: BYTES tensor {name!r} ends inside a length prefix"
+                    )
+                end = i + 4 + length_at(data, i)[0]
+                if end > n:
+                    raise EventError(
+                        "bad_payload",
+                        f"{where}: BYTES tensor {name!r}: element {len(values)} of {end - i - 4} "
+                        "bytes runs past the tensor",
+                    )
+                append(data[i + 4 : end].decode())
+                i = end
+        except UnicodeDecodeError:
+            raise EventError(
+                "bad_payload",
+                f"{where}: BYTES tensor {name!r}: element {len(values)} is not UTF-8",
+            ) from None
         return values
     dtype = _V2_NUMPY.get(datatype)
     if dtype is None:
@@ -535,9 +539,19 @@ class FeatureSchema:
 
 Violation = tuple[str, str]
 
+_NONE = type(None)
+_FLOAT_ONLY = frozenset({float})
+_NUMBERS = frozenset({float, int, _NONE})
+_STRINGS = frozenset({str, _NONE})
+
 
 class _Checker:
-    """Per-kind value checks; collects schema violations."""
+    """Per-kind value checks, one column at a time; collects schema violations.
+
+    A column whose values are all of the expected Python types (what a JSON or binary v2
+    payload gives) is taken as it is, checked at C speed (``set(map(type, ...))``); only a
+    column with something else in it is walked value by value.
+    """
 
     def __init__(self, schema: FeatureSchema) -> None:
         self.schema = schema
@@ -560,6 +574,19 @@ class _Checker:
         self.violations.append((self.schema.names[i], "wrong_type"))
         return None
 
+    def column(self, i: int, values: list[Any]) -> list[Any]:
+        """The values of feature ``i``, checked (numbers as floats, ``""`` as null)."""
+        types = set(map(type, values))
+        if self.numeric[i]:
+            if types <= _FLOAT_ONLY:
+                return values
+            if types <= _NUMBERS:
+                return [v if v is None else float(v) for v in values]
+        elif types <= _STRINGS:
+            return [v or None for v in values] if "" in values else values
+        value = self.value
+        return [value(i, v) for v in values]
+
 
 def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
@@ -581,14 +608,21 @@ def _flatten(data: Any) -> list[Any]:
 
 @dataclass
 class DecodedRequest:
-    """Rows (values in schema order) and the schema violations found."""
+    """Feature values column by column (schema order, ``n`` values each) and the schema
+    violations found."""
 
-    rows: list[list[Any]]
+    columns: list[list[Any]]
+    n: int
     violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[list[Any]]:
+        """The same values row by row."""
+        return [list(r) for r in zip(*self.columns, strict=True)] if self.columns else []
 
 
 def decode_request(data: Any, schema: FeatureSchema, event_id: str = "?") -> DecodedRequest:
-    """Decode a v1 or v2 request payload into rows of feature values (schema order).
+    """Decode a v1 or v2 request payload into columns of feature values (schema order).
 
     Raises:
         EventError: ``bad_payload``: neither v1 nor v2, rows of the wrong length, tensors of
@@ -598,52 +632,68 @@ def decode_request(data: Any, schema: FeatureSchema, event_id: str = "?") -> Dec
     if not isinstance(data, dict):
         raise EventError("bad_payload", f"{where}: payload must be a JSON object")
     check = _Checker(schema)
-    width = len(schema.names)
-    rows: list[list[Any]]
     if "instances" in data:
-        instances = data["instances"]
-        if not isinstance(instances, list):
-            raise EventError("bad_payload", f"{where}: 'instances' must be a list")
-        rows = []
-        for n, inst in enumerate(instances):
-            row: list[Any] = [None] * width
-            if isinstance(inst, dict):
-                for name, v in inst.items():
-                    i = check.index.get(name)
-                    if i is None:
-                        check.violations.append((str(name), "unknown_feature"))
-                    else:
-                        row[i] = check.value(i, v)
-            elif isinstance(inst, list):
-                if len(inst) != width:
-                    raise EventError(
-                        "bad_payload",
-                        f"{where}: instance {n} has {len(inst)} values; the model takes "
-                        f"{width} features {list(schema.names)}",
-                    )
-                row = [check.value(i, v) for i, v in enumerate(inst)]
-            else:
-                raise EventError(
-                    "bad_payload", f"{where}: instance {n} must be an object or a list"
-                )
-            rows.append(row)
+        columns = _instances_to_columns(data["instances"], check, where)
     elif isinstance(data.get("inputs"), dict):  # v1 columnar
-        rows = _columns_to_rows({k: _flatten(v) for k, v in data["inputs"].items()}, check, where)
+        columns = {k: _flatten(v) for k, v in data["inputs"].items()}
     elif isinstance(data.get("inputs"), list):
-        rows = _decode_v2_inputs(data["inputs"], check, where)
+        columns = _v2_columns(data["inputs"], check, where)
     else:
         raise EventError(
             "bad_payload",
             f"{where}: payload has neither 'instances' (KServe v1) nor 'inputs' (v2); keys: "
             f"{sorted(data)[:10]}",
         )
-    return DecodedRequest(rows, check.violations)
+    checked, n = _check_columns(columns, check, where)
+    return DecodedRequest(checked, n, check.violations)
 
 
-def _columns_to_rows(columns: dict[str, list[Any]], check: _Checker, where: str) -> list[list[Any]]:
-    width = len(check.schema.names)
+def _instances_to_columns(instances: Any, check: _Checker, where: str) -> dict[str, list[Any]]:
+    if not isinstance(instances, list):
+        raise EventError("bad_payload", f"{where}: 'instances' must be a list")
+    names = check.schema.names
+    width = len(names)
+    n = len(instances)
+    if n and all(type(inst) is list for inst in instances):
+        for k, inst in enumerate(instances):
+            if len(inst) != width:
+                raise EventError(
+                    "bad_payload",
+                    f"{where}: instance {k} has {len(inst)} values; the model takes "
+                    f"{width} features {list(names)}",
+                )
+        return {
+            name: list(col) for name, col in zip(names, zip(*instances, strict=True), strict=True)
+        }
+    columns: dict[str, list[Any]] = {name: [None] * n for name in names}
+    for k, inst in enumerate(instances):
+        if isinstance(inst, dict):
+            for name, v in inst.items():
+                col = columns.get(name) if name in check.index else None
+                if col is None:
+                    check.violations.append((str(name), "unknown_feature"))
+                else:
+                    col[k] = v
+        elif isinstance(inst, list):
+            if len(inst) != width:
+                raise EventError(
+                    "bad_payload",
+                    f"{where}: instance {k} has {len(inst)} values; the model takes "
+                    f"{width} features {list(names)}",
+                )
+            for name, v in zip(names, inst, strict=True):
+                columns[name][k] = v
+        else:
+            raise EventError("bad_payload", f"{where}: instance {k} must be an object or a list")
+    return columns
+
+
+def _check_columns(
+    columns: Mapping[str, list[Any]], check: _Checker, where: str
+) -> tuple[list[list[Any]], int]:
+    """Columns in schema order (a feature not given: all null), checked; and the row count."""
     n: int | None = None
-    known: list[tuple[int, list[Any]]] = []
+    found: dict[int, list[Any]] = {}
     for name, values in columns.items():
         i = check.index.get(name)
         if i is None:
@@ -656,15 +706,21 @@ def _columns_to_rows(columns: dict[str, list[Any]], check: _Checker, where: str)
                 "bad_payload",
                 f"{where}: input {name!r} has {len(values)} rows, others have {n}",
             )
-        known.append((i, values))
-    rows = [[None] * width for _ in range(n or 0)]
-    for i, values in known:
-        for r, v in enumerate(values):
-            rows[r][i] = check.value(i, v)
-    return rows
+        found[i] = values
+    rows = n or 0
+    out: list[list[Any]] = []
+    for i in range(len(check.schema.names)):
+        given = found.get(i)
+        if given is None:
+            out.append([None] * rows)
+        elif rows == 1:
+            out.append([check.value(i, given[0])])
+        else:
+            out.append(check.column(i, given))
+    return out, rows
 
 
-def _decode_v2_inputs(inputs: list[Any], check: _Checker, where: str) -> list[list[Any]]:
+def _v2_columns(inputs: list[Any], check: _Checker, where: str) -> dict[str, list[Any]]:
     width = len(check.schema.names)
     columns: dict[str, list[Any]] = {}
     for t in inputs:
@@ -697,7 +753,7 @@ def _decode_v2_inputs(inputs: list[Any], check: _Checker, where: str) -> list[li
                 f"{where}: input {name!r} has shape {shape}; a feature is [N, 1] or [N]",
             )
         columns[name] = data
-    return _columns_to_rows(columns, check, where)
+    return columns
 
 
 @dataclass
@@ -721,6 +777,15 @@ def _prediction(v: Any, violations: list[Violation]) -> float | None:
     return None
 
 
+def _predictions(values: list[Any], violations: list[Violation]) -> list[float | None]:
+    types = set(map(type, values))
+    if types <= _FLOAT_ONLY:
+        return values
+    if types <= _NUMBERS:
+        return [v if v is None else float(v) for v in values]
+    return [_prediction(v, violations) for v in values]
+
+
 def decode_response(data: Any, event_id: str = "?") -> DecodedResponse:
     """Decode a v1 or v2 response payload into one prediction per row.
 
@@ -739,6 +804,8 @@ def decode_response(data: Any, event_id: str = "?") -> DecodedResponse:
         preds = data["predictions"]
         if not isinstance(preds, list):
             raise EventError("bad_payload", f"{where}: 'predictions' must be a list")
+        if set(map(type, preds)) <= _NUMBERS:
+            return DecodedResponse(_predictions(preds, violations), violations)
         out: list[float | None] = []
         for p in preds:
             if isinstance(p, list) and len(p) > 1:
@@ -759,7 +826,7 @@ def decode_response(data: Any, event_id: str = "?") -> DecodedResponse:
         inner = math.prod(shape[1:]) if len(shape) > 1 else 1
         if inner != 1:
             return DecodedResponse([None] * shape[0], [(PREDICTION_OUTPUT, "wrong_shape")])
-        return DecodedResponse([_prediction(v, violations) for v in values], violations)
+        return DecodedResponse(_predictions(values, violations), violations)
     return DecodedResponse([], [(PREDICTION_OUTPUT, "no_prediction")])
 
 
@@ -777,18 +844,60 @@ class LogRow:
     prediction: float | None
 
 
+@dataclass(frozen=True)
+class RowBlock:
+    """The rows of one event pair (or of a half-pair written alone), column by column.
+
+    ``columns`` holds one list of ``n`` values per feature (schema order), or is None when the
+    request was lost; ``predictions`` holds ``n`` values, or is None when there is no
+    prediction (a request whose response was lost, an answer without predictions).
+    """
+
+    request_id: str
+    timestamp_us: int  # microseconds since the epoch, UTC, for every row
+    endpoint: str | None
+    n: int
+    columns: list[list[Any]] | None
+    predictions: list[float | None] | None
+
+    def ids(self) -> list[str]:
+        """Row ids: the event id for one row, ``"<id>:<i>"`` for a batch."""
+        if self.n == 1:
+            return [self.request_id]
+        rid = self.request_id
+        return [f"{rid}:{i}" for i in range(self.n)]
+
+    def rows(self) -> list[LogRow]:
+        """The block row by row."""
+        features: list[list[Any] | None] = (
+            [list(r) for r in zip(*self.columns, strict=True)]
+            if self.columns is not None
+            else [None] * self.n
+        )
+        preds = self.predictions if self.predictions is not None else [None] * self.n
+        return [
+            LogRow(rid, self.timestamp_us, self.endpoint, f, p)
+            for rid, f, p in zip(self.ids(), features, preds, strict=True)
+        ]
+
+
+def block_rows(blocks: Sequence[RowBlock]) -> list[LogRow]:
+    """Blocks row by row."""
+    return [row for b in blocks for row in b.rows()]
+
+
 @dataclass
 class _Pending:
     event: InferenceEvent
     arrived: float  # caller's monotonic clock
     wall: float  # epoch seconds at arrival (the row time when the event has none)
-    rows: list[list[Any]] | None = None
+    request: DecodedRequest | None = None
     predictions: list[float | None] | None = None
 
     @property
     def size(self) -> int:
-        if self.rows is not None:
-            return max(len(self.rows), 1)
+        if self.request is not None:
+            return max(self.request.n, 1)
         return max(len(self.predictions or []), 1)
 
 
@@ -797,17 +906,27 @@ class AddResult:
     """What :meth:`EventPairer.add` did with one event."""
 
     status: Literal["pending", "paired", "duplicate", "late"]
-    rows: list[LogRow] = field(default_factory=list)
+    block: RowBlock | None = None
     violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[LogRow]:
+        """The paired rows, row by row."""
+        return self.block.rows() if self.block is not None else []
 
 
 @dataclass
 class Orphans:
     """Rows written for half-pairs: requests with no response, responses with no request."""
 
-    rows: list[LogRow] = field(default_factory=list)
+    blocks: list[RowBlock] = field(default_factory=list)
     requests: int = 0
     responses: int = 0
+
+    @property
+    def rows(self) -> list[LogRow]:
+        """The orphans' rows, row by row."""
+        return block_rows(self.blocks)
 
 
 def _epoch_us(t: datetime | None, fallback_s: float) -> int:
@@ -816,6 +935,13 @@ def _epoch_us(t: datetime | None, fallback_s: float) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1_000_000)
+
+
+def _fit(preds: list[float | None], n: int) -> list[float | None]:
+    """``preds`` cut or padded with null to ``n`` values."""
+    if len(preds) == n:
+        return preds
+    return preds[:n] if len(preds) > n else [*preds, *([None] * (n - len(preds)))]
 
 
 class EventPairer:
@@ -880,11 +1006,11 @@ class EventPairer:
         if event.kind == "request":
             decoded = decode_request(event.data, self.schema, eid)
             if other is None:
-                p = _Pending(event, now, wall, rows=decoded.rows)
+                p = _Pending(event, now, wall, request=decoded)
                 self._pending[eid] = p
                 self._pending_rows += p.size
                 return AddResult("pending", violations=decoded.violations)
-            request, rows, req_wall = event, decoded.rows, wall
+            request, req_wall = event, wall
             preds = other.predictions or []
             violations = decoded.violations
         else:
@@ -894,41 +1020,36 @@ class EventPairer:
                 self._pending[eid] = p
                 self._pending_rows += p.size
                 return AddResult("pending", violations=dresp.violations)
-            request, rows, preds = other.event, other.rows or [], dresp.predictions
-            req_wall = other.wall
+            request, preds = other.event, dresp.predictions
+            assert other.request is not None
+            decoded, req_wall = other.request, other.wall
             violations = dresp.violations
         del self._pending[eid]
         self._pending_rows -= other.size
         self._remember(eid)
-        if preds and len(preds) != len(rows):
+        n = decoded.n
+        if preds and len(preds) != n:
             violations = [*violations, (PREDICTION_OUTPUT, "row_count_mismatch")]
-        ts = _epoch_us(request.time, req_wall)
-        return AddResult("paired", self._rows(eid, ts, request.endpoint, rows, preds), violations)
-
-    @staticmethod
-    def _rows(
-        eid: str,
-        ts: int,
-        endpoint: str | None,
-        rows: Sequence[list[Any] | None],
-        preds: Sequence[float | None],
-    ) -> list[LogRow]:
-        n = len(rows)
         if n == 0:
-            return []
-        if n == 1:
-            return [LogRow(eid, ts, endpoint, rows[0], preds[0] if preds else None)]
-        return [
-            LogRow(f"{eid}:{i}", ts, endpoint, r, preds[i] if i < len(preds) else None)
-            for i, r in enumerate(rows)
-        ]
+            return AddResult("paired", None, violations)
+        block = RowBlock(
+            eid,
+            _epoch_us(request.time, req_wall),
+            request.endpoint,
+            n,
+            decoded.columns,
+            _fit(preds, n) if preds else None,
+        )
+        return AddResult("paired", block, violations)
 
-    def _orphan_rows(self, eid: str, p: _Pending) -> list[LogRow]:
+    def _orphan_block(self, eid: str, p: _Pending) -> RowBlock | None:
         ts = _epoch_us(p.event.time, p.wall)
-        if p.event.kind == "request":
-            return self._rows(eid, ts, p.event.endpoint, p.rows or [], [])
+        if p.request is not None:
+            if not p.request.n:
+                return None
+            return RowBlock(eid, ts, p.event.endpoint, p.request.n, p.request.columns, None)
         preds = p.predictions or [None]
-        return self._rows(eid, ts, p.event.endpoint, [None] * len(preds), preds)
+        return RowBlock(eid, ts, p.event.endpoint, len(preds), None, preds)
 
     def expire(self, now: float, everything: bool = False) -> Orphans:
         """Write out half-pairs older than ``hold_seconds`` (all of them with ``everything``)."""
@@ -940,7 +1061,9 @@ class EventPairer:
             del self._pending[eid]
             self._pending_rows -= p.size
             self._remember(eid, orphan=p.event.kind)
-            out.rows.extend(self._orphan_rows(eid, p))
+            block = self._orphan_block(eid, p)
+            if block is not None:
+                out.blocks.append(block)
             if p.event.kind == "request":
                 out.requests += 1
             else:

@@ -1,0 +1,79 @@
+"""The Parquet table the logger writes from row blocks, and the drift it feeds, in process."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.exposition import generate_latest
+
+from kfloop.serving.events import RowBlock, block_rows
+from kfloop.serving.logger import LoggerConfig, PayloadLogger
+
+PROFILE = {
+    "numeric": {"age": {"edges": [0.0, 30.0, 60.0, 120.0], "frequencies": [0.3, 0.4, 0.3]}},
+    "categorical": {"country": {"frequencies": {"DE": 0.5, "FR": 0.3, "__other__": 0.2}}},
+    "prediction": {"edges": [0.0, 0.5, 1.0], "frequencies": [0.5, 0.5]},
+}
+T0 = 1_790_000_000_000_000  # epoch microseconds
+
+
+def _logger(tmp_path: Path) -> PayloadLogger:
+    return PayloadLogger(LoggerConfig("m", "v1", str(tmp_path)), PROFILE, ["age", "country"])
+
+
+def _blocks() -> list[RowBlock]:
+    return [
+        RowBlock("a", T0, "default", 1, [[31.0], ["DE"]], [0.1]),
+        RowBlock(
+            "b", T0 + 1, "canary", 3, [[1.0, None, 3.0], ["FR", None, "XX"]], [0.2, None, 0.4]
+        ),
+        RowBlock("c", T0 + 2, None, 1, [[None], [None]], None),  # request without response
+        RowBlock("d", T0 + 3, "default", 2, None, [0.7, 0.8]),  # response without request
+        RowBlock("e", T0 + 4, "default", 1, [[50.0], ["FR"]], [0.9]),
+    ]
+
+
+def test_table_holds_every_row_of_every_block_in_order(tmp_path: Path) -> None:
+    logger = _logger(tmp_path)
+    blocks = _blocks()
+    table = logger.to_table(blocks)
+    expected = [
+        {
+            "request_id": r.request_id,
+            "model_name": "m",
+            "model_version": "v1",
+            "timestamp": datetime.fromtimestamp(r.timestamp_us / 1e6, tz=UTC),
+            "endpoint": r.endpoint,
+            "age": None if r.features is None else r.features[0],
+            "country": None if r.features is None else r.features[1],
+            "prediction": r.prediction,
+        }
+        for r in block_rows(blocks)
+    ]
+    assert table.schema == logger.target.arrow_schema  # type: ignore[union-attr]
+    assert table.to_pylist() == expected
+    assert table.column("request_id").to_pylist() == [
+        "a", "b:0", "b:1", "b:2", "c", "d:0", "d:1", "e",
+    ]  # fmt: skip
+    one_endpoint = logger.to_table([blocks[0], blocks[4]])
+    assert one_endpoint.column("endpoint").to_pylist() == ["default", "default"]
+    big = RowBlock("z", T0, "default", 5000, [[1.0] * 5000, ["DE"] * 5000], [0.5] * 5000)
+    assert logger.to_table([big]).column("request_id").to_pylist()[-2:] == ["z:4998", "z:4999"]
+
+
+def test_drift_and_prediction_histogram_see_the_blocks(tmp_path: Path) -> None:
+    logger = _logger(tmp_path)
+    target = logger.target
+    assert target is not None
+    target.drift_blocks = _blocks()
+    logger.update_drift()
+    age, country = target.drift.windows["age"], target.drift.windows["country"]
+    # rows with features: a, b (3), c, e = 6; the orphan response has none
+    assert (age.rows, country.rows) == (6, 6)
+    assert np.isclose(logger.drift.feature_drift()["age"].missing_rate, 2 / 6)
+    assert target.drift.prediction_window.rows == 8  # every row, null predictions missing
+    exposition = generate_latest(logger.metrics.registry).decode()
+    assert 'kfloop_prediction_count{model="m",version="v1"} 6.0' in exposition
+    assert 'kfloop_prediction_bucket{le="0.5",model="m",version="v1"} 3.0' in exposition
