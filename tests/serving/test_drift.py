@@ -111,6 +111,7 @@ def test_category_coder_maps_unknown_to_other_and_blank_to_missing() -> None:
     coder = CategoryCoder({"a": 0.5, "b": 0.3, OTHER: 0.2})
     assert coder.names == ["a", "b", OTHER]
     assert coder.codes(["a", "b", "zzz", None, ""]).tolist() == [0, 1, 2, MISSING, MISSING]
+    assert coder.codes(["b", ["a"], 3, None]).tolist() == [1, 2, 2, MISSING]  # not strings: other
     no_other = CategoryCoder({"a": 1.0})
     assert no_other.expected.tolist() == [1.0, 0.0]
 

@@ -27,6 +27,7 @@ from kfloop.serving.signature import (
     SignatureError,
     TensorHeader,
     check_v2_headers,
+    decode_binary,
     v1_columns,
     v2_column,
 )
@@ -145,6 +146,22 @@ def test_v2_bytes_columns() -> None:
         v2_column(plan, np.array([b"\xff"], dtype=object), 1)
     with pytest.raises(SignatureError, match="'plan': expected a string"):
         v2_column(plan, np.array([3], dtype=object), 1)
+
+
+def _framed(*items: bytes) -> bytes:
+    return b"".join(len(i).to_bytes(4, "little") + i for i in items)
+
+
+def test_binary_bytes_tensors_decode_to_strings_and_name_the_bad_row() -> None:
+    assert decode_binary("plan", "BYTES", _framed(b"a", "é".encode(), b"")) == ["a", "é", ""]
+    with pytest.raises(SignatureError, match="'plan': row 1 is not valid UTF-8"):
+        decode_binary("plan", "BYTES", _framed(b"a", b"\xff"))
+    with pytest.raises(SignatureError, match="'plan': binary BYTES element 1 is cut short"):
+        decode_binary("plan", "BYTES", _framed(b"a", b"bc")[:-1])
+    with pytest.raises(SignatureError, match="cut short at byte 5"):
+        decode_binary("plan", "BYTES", _framed(b"a") + b"\x01")
+    column = v2_column(SIG.inputs[1], decode_binary("plan", "BYTES", _framed(b"x", b"")), 2)
+    assert column.reshape(-1).tolist() == ["x", ""]
 
 
 # -- the dynamic batcher, on the real model --------------------------------------------------------

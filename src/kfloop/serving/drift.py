@@ -26,8 +26,9 @@ A window with no non-missing value has no distribution: both measures are ``nan`
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,16 +129,23 @@ class CategoryCoder:
         )
         self._index = {k: i for i, k in enumerate(self.names[:-1])}
         self._other = len(self.names) - 1
+        self._lookup: dict[Any, int] = {**self._index, None: MISSING, "": MISSING}
 
     def codes(self, values: Sequence[Any]) -> np.ndarray:
         """Bin index per value; ``None`` and ``""`` are ``MISSING``."""
-        get = self._index.get
-        other = self._other
-        return np.fromiter(
-            (MISSING if v is None or v == "" else get(v, other) for v in values),
-            dtype=np.int32,
-            count=len(values),
-        )
+        try:  # dict.get mapped over the values: no Python frame per value
+            return np.fromiter(
+                map(self._lookup.get, values, itertools.repeat(self._other)),
+                dtype=np.int32,
+                count=len(values),
+            )
+        except TypeError:  # an unhashable value (a list): not a category, so other
+            get, other = self._lookup.get, self._other
+            return np.fromiter(
+                (get(v, other) if isinstance(v, Hashable) else other for v in values),
+                dtype=np.int32,
+                count=len(values),
+            )
 
 
 # -- sliding window -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +181,19 @@ def numeric_column(name: str, values: Any, *, allow_inf: bool = False) -> np.nda
     return array
 
 
+_BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
+_STR = frozenset({str})
+_STR_OR_NONE = frozenset({str, type(None)})
+
+
 def string_column(name: str, values: Any) -> np.ndarray:
     """Values (str, UTF-8 bytes or None) as an object array ``(n, 1)`` of str; None -> ""."""
+    if type(values) is list:  # a flat JSON list of strings: checked at C speed
+        types = set(map(type, values))
+        if types <= _STR_OR_NONE:
+            column = np.empty((len(values), 1), dtype=object)
+            column[:, 0] = values if types <= _STR else ["" if v is None else v for v in values]
+            return column
     flat = np.asarray(values, dtype=object).reshape(-1)
     out = np.empty((flat.size, 1), dtype=object)
     for i, value in enumerate(flat):
@@ -362,9 +374,9 @@ def v2_column(spec: InputSpec, values: Any, rows: int, *, allow_inf: bool = Fals
     return column
 
 
-def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:
-    """One tensor of the v2 binary tensor extension as a flat array: ``FP32`` little-endian
-    floats, ``BYTES`` elements each prefixed by its 4-byte little-endian length (as bytes)."""
+def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray | list[str]:
+    """One tensor of the v2 binary tensor extension, flat: ``FP32`` little-endian floats as
+    an array; ``BYTES`` elements (each prefixed by its 4-byte little-endian length) as str."""
     if datatype == FP32:
         if len(raw) % 4:
             raise SignatureError(
@@ -373,21 +385,21 @@ def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:
         return np.frombuffer(raw, dtype="<f4")
     if datatype != BYTES:
         raise SignatureError(name, f"datatype {datatype} is not served")
-    items: list[bytes] = []
-    view = memoryview(raw)
+    items: list[str] = []
+    append, length_at = items.append, _BYTES_LENGTH.unpack_from
     offset, end = 0, len(raw)
-    while offset < end:
-        if offset + 4 > end:
-            raise SignatureError(name, f"binary BYTES data is cut short at byte {offset}")
-        size = int.from_bytes(view[offset : offset + 4], "little")
-        offset += 4
-        if offset + size > end:
-            raise SignatureError(name, f"binary BYTES element {len(items)} is cut short")
-        items.append(bytes(view[offset : offset + size]))
-        offset += size
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
+    try:
+        while offset < end:
+            if offset + 4 > end:
+                raise SignatureError(name, f"binary BYTES data is cut short at byte {offset}")
+            stop = offset + 4 + length_at(raw, offset)[0]
+            if stop > end:
+                raise SignatureError(name, f"binary BYTES element {len(items)} is cut short")
+            append(raw[offset + 4 : stop].decode())
+            offset = stop
+    except UnicodeDecodeError:
+        raise SignatureError(name, f"row {len(items)} is not valid UTF-8") from None
+    return items
 
 
 def merge_columns(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
