@@ -2,7 +2,7 @@
 
 One run, same machine, same model (the demo model), load from ``wrk`` on loopback (v2 REST,
 ``-t2 -c8``; a Lua script sets method, body and headers and prints its own summary), each
-server alone in its own process:
+server in its own process, all of them up at once and loaded one at a time:
 
 - ``floor``       a bare ASGI endpoint (uvicorn) that reads the body and answers fixed JSON;
 - ``kserve-min``  (a) a minimal custom ``kserve.Model`` on the same ``model.onnx``, kserve's
@@ -14,9 +14,14 @@ server alone in its own process:
   events posted as CloudEvents batches (``application/cloudevents-batch+json``).
 
 Each is loaded with a batch-1 v2 JSON request (req/s) and a 1,024-row batch as v2 JSON and as
-v2 binary tensors (rows/s). Then the logger alone: wrk posts binary-mode CloudEvents (request
-and response of unique ids) for a bounded time; events/s, CPU per event (``/proc/<pid>/stat``)
-and, after SIGTERM, the rows in the store against what the logger accepted (zero loss).
+v2 binary tensors (rows/s). A case is measured in rounds (``--rounds``, ``--seconds`` each):
+a round loads every server once, in an order rotated from round to round, so that a slow
+spell of a shared machine falls on every server alike rather than on whichever ran then (on
+a 2-core VM the same run varied by half from one minute to the next); throughput is the
+total over the rounds, p50/p99 the median of the rounds'. Then the logger alone: wrk posts
+binary-mode CloudEvents (request and response of unique ids) for a bounded time; events/s,
+CPU per event (``/proc/<pid>/stat``) and, after SIGTERM, the rows in the store against what
+the logger accepted (zero loss).
 
 Run: ``make bench``, or ``.venv-serving/bin/python tests/benchmarks/bench_serving.py``
 (``--model-dir DIR`` reuses a folder written by ``tests/serving/model_factory.py``; else the
@@ -35,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -422,6 +427,21 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int = CONNECTIONS
     )
 
 
+def combine(runs: Sequence[WrkResult]) -> WrkResult:
+    """One result of several runs of a case: counts summed, p50 and p99 the median of the
+    runs' (wrk reports percentiles, not its histogram)."""
+    import statistics
+
+    return WrkResult(
+        requests=sum(r.requests for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        errors=sum(r.errors for r in runs),
+        non_2xx=sum(r.non_2xx for r in runs),
+    )
+
+
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
@@ -501,42 +521,6 @@ def check_answer(server: Server, url_path: str, payload: Payload) -> list[float]
     if "data" in output:
         return [float(v) for v in output["data"]]
     return [float(v) for v in np.frombuffer(raw[int(header_size) :], dtype="<f4")]
-
-
-def load_server(
-    server: Server,
-    payloads: list[Payload],
-    workdir: Path,
-    seconds: int,
-    warmup: int,
-    url_path: str,
-    around: Callable[[Payload, Callable[[], WrkResult]], tuple[WrkResult, str]] | None = None,
-) -> tuple[list[Row], dict[str, Any]]:
-    out = []
-    answers = {}
-    for payload in payloads:
-        answers[payload.name] = check_answer(server, url_path, payload)
-        script = fixed_body_script(payload, workdir / f"{server.name}-{payload.rows}.lua")
-        url = server.base + url_path
-        run_wrk(url, script, warmup)
-
-        def measure(url: str = url, script: Path = script) -> WrkResult:
-            return run_wrk(url, script, seconds)
-
-        if around is None:
-            result, note = measure(), ""
-        else:
-            result, note = around(payload, measure)
-        row = Row(server.name, payload, result, note)
-        out.append(row)
-        print(
-            f"  {server.name:<11} {payload.name:<22} {result.rps:>9.0f} req/s "
-            f"{row.rows_per_s:>11.0f} rows/s  p50 {result.p50_ms:6.2f} ms  "
-            f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx} errors {result.errors}"
-            + (f"  {note}" if note else ""),
-            flush=True,
-        )
-    return out, answers
 
 
 def count_rows(store: Any, prefix: str) -> tuple[int, int, int, int]:
@@ -653,7 +637,15 @@ def verdict(ok: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model-dir", default=os.environ.get("KFLOOP_SERVING_TEST_MODEL"))
-    parser.add_argument("--seconds", type=int, default=10, help="measured wrk run per case")
+    parser.add_argument(
+        "--seconds", type=int, default=5, help="measured wrk run per case and round"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds per case; each round loads every server once, in a rotated order",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="wrk warm-up per case")
     parser.add_argument(
         "--logs", choices=["s3", "local"], default="s3", help="logger output: SeaweedFS or a folder"
@@ -700,7 +692,7 @@ def run(
     payloads = make_payloads(root, workdir)
     package = root / "package"
     infer = f"/v2/models/{MODEL_NAME}/infer"
-    seconds, warmup = args.seconds, args.warmup
+    seconds, warmup, rounds = args.seconds, args.warmup, args.rounds
 
     env: dict[str, str] = {}
     store = None
@@ -719,26 +711,25 @@ def run(
         logs_root = str(workdir / "logs")
 
     print(
-        f"bench_serving: model {package}, wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s "
-        f"(+{warmup}s warm-up), {os.cpu_count()} CPUs, logs to {args.logs}",
+        f"bench_serving: model {package}, wrk -t{THREADS} -c{CONNECTIONS}, {rounds} rounds of "
+        f"{seconds}s per case (+{warmup}s warm-up), {os.cpu_count()} CPUs, logs to {args.logs}",
         flush=True,
     )
     results: list[Row] = []
 
-    # (b) the floor
+    # Every server runs at once; each case is measured in rounds, a round loading every server
+    # once in a rotated order, so that a slow spell of a shared machine falls on all of them
+    # alike instead of on whichever ran then.
     port = free_port()
     floor_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port)]
-    with running(servers, start_server("floor", floor_cmd, port, "/", workdir)) as srv:
-        rows, _ = load_server(srv, payloads, workdir, seconds, warmup, infer)
-        results += rows
+    floor = start_server("floor", floor_cmd, port, "/", workdir)
+    servers.append(floor)
 
-    # (a) a minimal kserve.Model
     port, grpc = free_port(), free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline"]
     cmd += [str(package), str(port), str(grpc)]
-    with running(servers, start_server("kserve-min", cmd, port, "/v2/health/ready", workdir)) as s:
-        rows, baseline_answers = load_server(s, payloads, workdir, seconds, warmup, infer)
-        results += rows
+    baseline = start_server("kserve-min", cmd, port, "/v2/health/ready", workdir)
+    servers.append(baseline)
 
     def predictor_args(http: int, grpc: int, extra: Sequence[str] = ()) -> list[str]:
         return python_call(
@@ -757,65 +748,108 @@ def run(
             ],
         )
 
-    # kfloop, logging off
     port, grpc = free_port(), free_port()
-    srv = start_server("kfloop-off", predictor_args(port, grpc), port, "/v2/health/ready", workdir)
-    with running(servers, srv):
-        rows, kfloop_answers = load_server(srv, payloads, workdir, seconds, warmup, infer)
-        results += rows
-    for name, answer in kfloop_answers.items():
-        a, b = answer, baseline_answers[name]
-        worst = max(abs(x - y) for x, y in zip(a, b, strict=True))
-        if worst > 1e-5:
-            print(f"  WARNING: {name}: kfloop and kserve-min differ by {worst:.2e}", flush=True)
+    off_srv = start_server(
+        "kfloop-off", predictor_args(port, grpc), port, "/v2/health/ready", workdir
+    )
+    servers.append(off_srv)
 
     # kfloop, logging on, into a running logger: one event per post (as the KServe agent),
-    # then CloudEvents batches (--logger-batch-events)
-    totals = {"sent": 0.0, "dropped": 0.0}
-    dropped_by_case: dict[tuple[str, str], float] = {}
-    logger_cpu: dict[tuple[str, str], str] = {}
-
-    def logged(name: str, extra: Sequence[str]) -> None:
-        output = f"{logs_root}/{name}"
-        logger = start_logger(f"logger-{name}", root, output, workdir, env)
+    # and CloudEvents batches (--logger-batch-events)
+    loggers: dict[str, Server] = {}
+    outputs: dict[str, str] = {}
+    predictors: dict[str, Server] = {}
+    for name, extra in (
+        ("kfloop-on", []),
+        ("kfloop-batch", ["--logger-batch-events", str(args.batch_events)]),
+    ):
+        outputs[name] = f"{logs_root}/{name}"
+        logger = start_logger(f"logger-{name}", root, outputs[name], workdir, env)
         servers.append(logger)
+        loggers[name] = logger
         port, grpc = free_port(), free_port()
         cmd = predictor_args(
             port, grpc, ["--logger-url", logger.base + "/", "--namespace", "bench", *extra]
         )
-        with running(servers, start_server(name, cmd, port, "/v2/health/ready", workdir)) as on:
+        predictors[name] = start_server(name, cmd, port, "/v2/health/ready", workdir)
+        servers.append(predictors[name])
+    by_name = {"floor": floor, "kserve-min": baseline, "kfloop-off": off_srv, **predictors}
 
-            def with_events(
-                payload: Payload, measure: Callable[[], WrkResult]
-            ) -> tuple[WrkResult, str]:
-                before, cpu0 = scrape(on), logger.cpu_seconds()
-                result = measure()
-                waited = drain(on)
-                after, cpu1 = scrape(on), logger.cpu_seconds()
-                sent = metric(after, "kfloop_payload_events_sent_total") - metric(
-                    before, "kfloop_payload_events_sent_total"
-                )
-                dropped = metric(after, "kfloop_payload_events_dropped_total") - metric(
-                    before, "kfloop_payload_events_dropped_total"
-                )
+    totals = {"sent": 0.0, "dropped": 0.0}
+    dropped_by_case: dict[tuple[str, str], float] = {}
+    logger_cpu: dict[tuple[str, str], str] = {}
+
+    for payload in payloads:
+        answers = {
+            name: check_answer(srv, infer, payload)
+            for name, srv in by_name.items()
+            if name != "floor"
+        }
+        for name in ("kfloop-off", *predictors):
+            worst = max(
+                abs(x - y) for x, y in zip(answers[name], answers["kserve-min"], strict=True)
+            )
+            if worst > 1e-5:
+                print(f"  WARNING: {payload.name}: {name} and kserve-min differ by {worst:.2e}")
+        scripts = {
+            name: fixed_body_script(payload, workdir / f"{name}-{payload.rows}.lua")
+            for name in by_name
+        }
+        for name, srv in by_name.items():
+            run_wrk(srv.base + infer, scripts[name], warmup)
+        for srv in predictors.values():
+            drain(srv)  # the warm-up's events are not this case's
+        runs: dict[str, list[WrkResult]] = {name: [] for name in by_name}
+        events = {name: {"sent": 0.0, "dropped": 0.0, "cpu": 0.0} for name in predictors}
+        names = list(by_name)
+        for turn in range(rounds):
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                srv = by_name[name]
+                if name not in predictors:
+                    runs[name].append(run_wrk(srv.base + infer, scripts[name], seconds))
+                    continue
+                logger = loggers[name]
+                before, cpu0 = scrape(srv), logger.cpu_seconds()
+                runs[name].append(run_wrk(srv.base + infer, scripts[name], seconds))
+                drain(srv)  # the logger's work on this run's events is counted here
+                after, cpu1 = scrape(srv), logger.cpu_seconds()
+                for key in ("sent", "dropped"):
+                    family = f"kfloop_payload_events_{key}_total"
+                    events[name][key] += metric(after, family) - metric(before, family)
+                events[name]["cpu"] += cpu1 - cpu0
+        for name in by_name:
+            result = combine(runs[name])
+            note = ""
+            if name in predictors:
+                sent, dropped, cpu = (events[name][k] for k in ("sent", "dropped", "cpu"))
                 totals["sent"] += sent
                 totals["dropped"] += dropped
                 dropped_by_case[(name, payload.name)] = dropped
-                per_request = 1e6 * (cpu1 - cpu0) / max(sent / 2, 1)
+                per_request = 1e6 * cpu / max(sent / 2, 1)
                 logger_cpu[(name, payload.name)] = f"{per_request:.0f} us"
-                return result, (
-                    f"events sent {sent:.0f} dropped {dropped:.0f} (drain {waited:.1f}s); "
+                note = (
+                    f"events sent {sent:.0f} dropped {dropped:.0f}; "
                     f"logger CPU {per_request:.0f} us/request"
                 )
+            row = Row(name, payload, result, note)
+            results.append(row)
+            spread = ", ".join(f"{r.rps:.0f}" for r in runs[name])
+            print(
+                f"  {name:<12} {payload.name:<22} {result.rps:>9.0f} req/s "
+                f"{row.rows_per_s:>11.0f} rows/s  p50 {result.p50_ms:6.2f} ms  "
+                f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx} errors {result.errors}"
+                f"  (rounds: {spread} req/s)" + (f"  {note}" if note else ""),
+                flush=True,
+            )
 
-            # warm-up requests and the check request are logged too: count them from metrics
-            rows, _ = load_server(on, payloads, workdir, seconds, warmup, infer, with_events)
-            results.extend(rows)
-            drain(on)
-            final = scrape(on)
-            expected_rows = int(metric(final, "kfloop_predictor_request_rows_sum"))
-            dropped_all = metric(final, "kfloop_payload_events_dropped_total")
-            failed_all = metric(final, "kfloop_payload_events_dropped_total", reason="send_failed")
+    for name, srv in predictors.items():
+        drain(srv)
+        final = scrape(srv)
+        expected_rows = int(metric(final, "kfloop_predictor_request_rows_sum"))
+        dropped_all = metric(final, "kfloop_payload_events_dropped_total")
+        failed_all = metric(final, "kfloop_payload_events_dropped_total", reason="send_failed")
+        srv.stop()
+        logger = loggers[name]
         logger_text = scrape(logger)
         batches = metric(logger_text, "kfloop_logger_event_batches_total")
         refused = {
@@ -824,7 +858,7 @@ def run(
         }
         refused_text = ", ".join(f"{k} {v:.0f}" for k, v in refused.items() if v == v and v)
         logger_rc = logger.stop()
-        pred_rows = count_parquet(store, output)
+        pred_rows = count_parquet(store, outputs[name])
         print(
             f"  logger behind {name}: exit {logger_rc}, {pred_rows[0]} rows in Parquet "
             f"({pred_rows[3]} files) for {expected_rows} rows inferred; predictor events "
@@ -832,9 +866,8 @@ def run(
             f"{0 if batches != batches else batches:.0f}; logger refused: {refused_text or 'none'}",
             flush=True,
         )
-
-    logged("kfloop-on", [])
-    logged("kfloop-batch", ["--logger-batch-events", str(args.batch_events)])
+    for srv in (floor, baseline, off_srv):
+        srv.stop()
 
     # the logger alone
     output = f"{logs_root}/logger"
