@@ -653,35 +653,32 @@ def _instances_to_columns(instances: Any, check: _Checker, where: str) -> dict[s
         raise EventError("bad_payload", f"{where}: 'instances' must be a list")
     names = check.schema.names
     width = len(names)
+
+    def checked_width(k: int, inst: list[Any]) -> list[Any]:
+        if len(inst) != width:
+            raise EventError(
+                "bad_payload",
+                f"{where}: instance {k} has {len(inst)} values; the model takes {width} "
+                f"features {list(names)}",
+            )
+        return inst
+
     n = len(instances)
     if n and all(type(inst) is list for inst in instances):
-        for k, inst in enumerate(instances):
-            if len(inst) != width:
-                raise EventError(
-                    "bad_payload",
-                    f"{where}: instance {k} has {len(inst)} values; the model takes "
-                    f"{width} features {list(names)}",
-                )
-        return {
-            name: list(col) for name, col in zip(names, zip(*instances, strict=True), strict=True)
-        }
+        rows = [checked_width(k, inst) for k, inst in enumerate(instances)]
+        transposed = zip(*rows, strict=True)
+        return {name: list(col) for name, col in zip(names, transposed, strict=True)}
     columns: dict[str, list[Any]] = {name: [None] * n for name in names}
     for k, inst in enumerate(instances):
         if isinstance(inst, dict):
             for name, v in inst.items():
-                col = columns.get(name) if name in check.index else None
+                col = columns.get(name)
                 if col is None:
                     check.violations.append((str(name), "unknown_feature"))
                 else:
                     col[k] = v
         elif isinstance(inst, list):
-            if len(inst) != width:
-                raise EventError(
-                    "bad_payload",
-                    f"{where}: instance {k} has {len(inst)} values; the model takes "
-                    f"{width} features {list(names)}",
-                )
-            for name, v in zip(names, inst, strict=True):
+            for name, v in zip(names, checked_width(k, inst), strict=True):
                 columns[name][k] = v
         else:
             raise EventError("bad_payload", f"{where}: instance {k} must be an object or a list")
