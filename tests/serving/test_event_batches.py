@@ -543,3 +543,70 @@ def test_a_batch_carries_any_id_as_valid_json(event_receiver: EventReceiver) -> 
     assert {e["specversion"] for e in events} == {"1.0"}
     assert [e["data"] for e in events[:2]] == [{"instances": [[1]]}, {"predictions": [0.5]}]
     assert all(e["time"].endswith("Z") and len(e["time"]) == 27 for e in events)
+
+
+def _binary_request(tag: str) -> tuple[bytes, int]:
+    """A v2 binary-extension body: one FP32 tensor with a NaN, one BYTES tensor."""
+    import struct
+
+    floats = struct.pack("<3f", 1.5, float("nan"), 3.0)
+    texts = b"".join(len(t).to_bytes(4, "little") + t for t in (b"DE", b"", "ü".encode()))
+    header = json.dumps(
+        {
+            "id": tag,
+            "inputs": [
+                {"name": "age", "shape": [3, 1], "datatype": "FP32",
+                 "parameters": {"binary_data_size": len(floats)}},
+                {"name": "country", "shape": [3, 1], "datatype": "BYTES",
+                 "parameters": {"binary_data_size": len(texts)}},
+            ],
+        }
+    ).encode()  # fmt: skip
+    return header + floats + texts, len(header)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_a_binary_request_is_logged_as_it_arrived(
+    event_receiver: EventReceiver, batch: int
+) -> None:
+    """A binary-tensor request is posted as its own bytes, with its header length where the
+    agent puts it (header and ce-metadata; in a batch, data_base64 and metadata), and the
+    logger's parser reads back the values that were sent."""
+    from kfloop.serving.payload_events import BinaryBody
+
+    tag = f"binlog{batch}-{time.time_ns()}"
+    raw, header_length = _binary_request(tag)
+    emitter = PayloadEmitter(
+        event_receiver.url, EventIdentity(MODEL), batch_max_events=batch, senders=1
+    )
+
+    async def emit() -> bool:
+        emitter.emit(tag, BinaryBody(raw, header_length), {"predictions": [0.1, 0.2, 0.3]})
+        delivered = await emitter.flush(timeout=30)
+        await emitter.close()
+        return delivered
+
+    assert asyncio.run(emit())
+    posts = event_receiver.wait_for(
+        lambda e: tag.encode() in e.body or e.headers.get("ce-id") == tag
+    )
+    if batch == 1:
+        (post,) = [p for p in posts if p.headers["ce-type"] == REQUEST_TYPE]
+        assert post.body == raw
+        assert post.headers["content-type"] == "application/octet-stream"
+        assert post.headers["inference-header-content-length"] == str(header_length)
+        meta = json.loads(post.headers["ce-metadata"])
+        assert meta == {"Inference-Header-Content-Length": [str(header_length)]}
+        del post.headers["inference-header-content-length"]  # the metadata alone suffices
+        event = parse_cloudevent(post.headers, post.body)
+    else:
+        (post,) = posts
+        elements = json.loads(post.body)
+        request = next(e for e in elements if e["type"] == REQUEST_TYPE)
+        assert base64.b64decode(request["data_base64"]) == raw
+        assert request["datacontenttype"] == "application/octet-stream"
+        parsed = parse_cloudevent_batch(post.body)
+        event = next(e for e in parsed if isinstance(e, InferenceEvent) and e.kind == "request")
+    assert event.id == tag
+    tensors = {t["name"]: t["data"] for t in event.data["inputs"]}
+    assert tensors == {"age": [1.5, None, 3.0], "country": ["DE", "", "ü"]}

@@ -300,3 +300,43 @@ def test_binary_bad_input_names_it(
         assert _fast_count(predictor) == before + 1
         assert response.status_code == 400, (case, response.text)
         assert repr(text["name"]) in response.json()["error"], case
+
+
+def test_binary_request_is_payload_logged_as_it_arrived(
+    predictor: PredictorProcess,
+    event_receiver: EventReceiver,
+    built_model: BuiltModel,
+    sample_rows: list[dict[str, Any]],
+) -> None:
+    """As the KServe agent: the logged request event of a binary-tensor request is the body
+    that arrived, with its header length; the logger's parser reads the sent values back."""
+    from kfloop.serving.events import parse_cloudevent
+
+    rows = sample_rows[:5]
+    body, size = _binary_body(built_model, rows, None, None)
+    request_id = f"fast-bin-{time.time_ns()}"
+    response = requests.post(
+        f"{predictor.base}/v2/models/{MODEL_NAME}/infer",
+        data=body,
+        headers={
+            "Inference-Header-Content-Length": str(size),
+            "content-type": "application/octet-stream",
+            "x-request-id": request_id,
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    events = event_receiver.wait_for(
+        lambda e: e.headers.get("ce-id") == request_id and e.headers["ce-type"].endswith("request")
+    )
+    assert [e.body for e in events] == [body]
+    assert events[0].headers["inference-header-content-length"] == str(size)
+    logged = parse_cloudevent(events[0].headers, events[0].body)
+    tensors = {t["name"]: t["data"] for t in logged.data["inputs"]}
+    columns = columns_of(built_model, rows)
+    for name in built_model.numeric:
+        sent = columns[name].reshape(-1).astype(float)
+        got = np.array([np.nan if v is None else v for v in tensors[name]], dtype=float)
+        assert np.allclose(got, sent, equal_nan=True), name
+    for name in set(built_model.names) - set(built_model.numeric):
+        assert tensors[name] == [str(v) for v in columns[name].reshape(-1)], name

@@ -8,8 +8,8 @@ handles exactly two things itself, everything else falls through to FastAPI unto
   (``Inference-Header-Content-Length``): the body is parsed with ``orjson`` (binary tensors
   with :func:`~kfloop.serving.signature.decode_binary`), checked against the model's
   signature (the 400 messages of :mod:`kfloop.serving.signature`, naming the input), run
-  through the model's dynamic batcher, payload-logged (a JSON body as it arrived, as the KServe
-  agent logs it) and counted in the ``kfloop_predictor_*`` metrics by
+  through the model's dynamic batcher, payload-logged (the body as it arrived, JSON or binary,
+  as the KServe agent logs it) and counted in the ``kfloop_predictor_*`` metrics by
   :meth:`~kfloop.serving.predictor.OnnxPredictor.fast_infer`. The answer is byte for byte
   KServe's: JSON (``model_name``, ``model_version``, ``id``, ``parameters``, ``outputs`` with
   ``parameters: null``), or, when ``binary_data_output`` / an output's ``binary_data`` asks for
@@ -45,6 +45,7 @@ import orjson
 from prometheus_client import Counter
 
 from kfloop.core.errors import ConfigError
+from kfloop.serving.payload_events import BinaryBody
 
 ADMIN_TOKEN_ENV = "KFLOOP_SERVING_ADMIN_TOKEN"
 REPOSITORY_PREFIX = "/v2/repository/models/"
@@ -171,7 +172,7 @@ class FastInferModel(Protocol):
         model_version: str | None,
         binary_output: bool,
         requested_output: str | None,
-        json_body: bytes | None,
+        request_body: bytes | BinaryBody,
     ) -> tuple[int, bytes, int | None]: ...
 
 
@@ -369,7 +370,7 @@ class PredictorFront:
             version,
             plain.binary_output,
             plain.requested_output,
-            body if header_length is None else None,
+            body if header_length is None else BinaryBody(body, header_length),
         )
         FAST_REQUESTS.labels(str(status)).inc()
         if json_length is None:

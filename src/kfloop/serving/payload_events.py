@@ -21,7 +21,11 @@ header                                value
 ``content-type``                      ``application/json``
 ====================================  ===============================================
 
-and the body is the v1 or v2 JSON body (v2 binary tensors are logged as JSON ``data``).
+and the body is the v1 or v2 JSON body. A v2 binary-tensor request (``Inference-Header-
+Content-Length``) is logged as the bytes that arrived, as the agent logs it (:class:`BinaryBody`):
+``content-type: application/octet-stream``, the ``inference-header-content-length`` header, and
+``ce-metadata`` ``{"Inference-Header-Content-Length": ["<n>"]}`` (the agent's
+``metadataHeaders`` form); in a batch, ``data_base64`` with the same ``metadata``.
 
 Never in the way of an inference: :meth:`PayloadEmitter.emit` only does one ``put_nowait``
 (the request and response of one inference, which share id and time) on a bounded
@@ -62,6 +66,7 @@ stopped taking requests: every event queued before is posted, for at most the dr
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -115,6 +120,19 @@ EVENTS_DROPPED = Counter(
     ["reason"],
 )
 QUEUE_DEPTH = Gauge("kfloop_payload_events_queued", "CloudEvents waiting to be posted.")
+
+
+@dataclass(frozen=True)
+class BinaryBody:
+    """A v2 binary-tensor-extension body to log as it arrived: the JSON header of
+    ``header_length`` bytes, then the tensors' bytes."""
+
+    raw: bytes
+    header_length: int
+
+    def metadata(self) -> bytes:
+        """The ``ce-metadata`` value (JSON) that carries the header length, as the agent's."""
+        return orjson.dumps({"Inference-Header-Content-Length": [str(self.header_length)]})
 
 
 @dataclass(frozen=True)
@@ -329,6 +347,15 @@ class PayloadEmitter:
         # A structured-mode event is these bytes, then the id, type, time and data members.
         self._structured_head = orjson.dumps(structured)[:-1] + b',"id":'
         self._static_head = "".join(f"{k}: {v}\r\n" for k, v in self._headers.items()).encode()
+        # Binary bodies: the same head but the content type and metadata, set per event.
+        self._binary_head = "".join(
+            f"{k}: {v}\r\n"
+            for k, v in self._headers.items()
+            if k not in ("content-type", "ce-metadata")
+        ).encode()
+        binary = {k: v for k, v in structured.items() if k not in ("metadata", "datacontenttype")}
+        binary["datacontenttype"] = "application/octet-stream"
+        self._structured_binary_head = orjson.dumps(binary)[:-1] + b',"metadata":'
         self._queue: asyncio.Queue[_Item] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._posters: list[_Poster] = []
@@ -404,6 +431,8 @@ class PayloadEmitter:
     def _encode(self, event_id: str, body: Any) -> bytes | None:
         if isinstance(body, bytes):  # already the JSON body (the request as it arrived)
             return body
+        if isinstance(body, BinaryBody):
+            return body.raw
         try:
             return _dumps(body() if callable(body) else body)
         except Exception as exc:  # a body we cannot build or encode: counted, never raised
@@ -418,9 +447,24 @@ class PayloadEmitter:
             return
         # A header value cannot hold control characters (a client-chosen id could).
         safe_id = _CONTROL.sub("_", event_id)
+        if isinstance(body, BinaryBody):
+            length = str(body.header_length).encode("ascii")
+            static = b"".join(
+                (
+                    self._binary_head,
+                    b"content-type: application/octet-stream\r\n",
+                    b"inference-header-content-length: ",
+                    length,
+                    b"\r\nce-metadata: ",
+                    body.metadata(),
+                    b"\r\n",
+                )
+            )
+        else:
+            static = self._static_head
         head = b"".join(
             (
-                self._static_head,
+                static,
                 b"ce-id: ",
                 safe_id.encode("utf-8"),
                 b"\r\nce-type: ",
@@ -466,15 +510,30 @@ class PayloadEmitter:
         the size of their bodies; an event whose body cannot be encoded is left out."""
         event_id, request_body, response_body, at = item
         # The same id as a binary-mode post would carry (control characters replaced).
-        head = self._structured_head + orjson.dumps(_CONTROL.sub("_", event_id))
-        time_member = b',"time":"' + self._stamp(at) + b'","data":'
+        safe_id = orjson.dumps(_CONTROL.sub("_", event_id))
+        head = self._structured_head + safe_id
+        stamp = b',"time":"' + self._stamp(at)
+        time_member = stamp + b'","data":'
         events, kinds, size = [], [], 0
         for kind, body in ((REQUEST_TYPE, request_body), (RESPONSE_TYPE, response_body)):
             encoded = self._encode(event_id, body)  # bytes (JSON as it arrived) kept as is
             if encoded is None:
                 continue
+            if isinstance(body, BinaryBody):  # raw bytes travel base64, the length in metadata
+                encoded = b'"' + base64.b64encode(encoded) + b'"'
+                start = b"".join(
+                    (
+                        self._structured_binary_head,
+                        orjson.dumps(body.metadata().decode()),
+                        b',"id":',
+                        safe_id,
+                    )
+                )
+                members = stamp + b'","data_base64":'
+            else:
+                start, members = head, time_member
             events.append(
-                b"".join((head, b',"type":"', kind.encode(), b'"', time_member, encoded, b"}"))
+                b"".join((start, b',"type":"', kind.encode(), b'"', members, encoded, b"}"))
             )
             kinds.append(kind)
             size += len(encoded)

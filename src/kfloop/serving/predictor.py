@@ -88,6 +88,7 @@ from kfloop.serving.payload_events import (
     DEFAULT_BATCH_EVENTS,
     DEFAULT_SENDERS,
     MAX_BATCH_EVENTS,
+    BinaryBody,
     EventIdentity,
     PayloadEmitter,
     v2_json_inputs,
@@ -451,14 +452,15 @@ class OnnxPredictor(kserve.Model):
         columns: dict[str, np.ndarray],
         rows: int,
         predictions: np.ndarray,
-        request_body: bytes | None = None,
+        request_body: bytes | BinaryBody | None = None,
     ) -> None:
         """Queue the request/response CloudEvents of one v2 inference (when logging is on).
 
-        ``request_body``: the JSON body as it arrived, logged as is (what the KServe agent
-        does); else the request is logged as v2 JSON rebuilt from the decoded columns. The
-        response is rebuilt by the sender (logging the answer's bytes instead measured
-        slower at 1,024 rows: 434 against 501 req/s).
+        ``request_body``: the body as it arrived (JSON bytes, or a binary-tensor
+        :class:`BinaryBody`), logged as is (what the KServe agent does); else the request
+        is logged as v2 JSON rebuilt from the decoded columns. The response is rebuilt by
+        the sender (logging the answer's bytes instead measured slower at 1,024 rows: 434
+        against 501 req/s).
         """
         if not self.emitter.enabled:
             return
@@ -497,11 +499,12 @@ class OnnxPredictor(kserve.Model):
         model_version: str | None = None,
         binary_output: bool = False,
         requested_output: str | None = None,
-        json_body: bytes | None = None,
+        request_body: bytes | BinaryBody | None = None,
     ) -> tuple[int, bytes, int | None]:
         """A plain v2 request (``inputs`` as parsed, with ``data`` or binary ``raw``) ->
         (HTTP status, answer, length of the JSON header when the answer is binary).
-        ``json_body``: the request's JSON body, logged as it arrived (payload events).
+        ``request_body``: the request's body (JSON, or :class:`BinaryBody`), logged as it
+        arrived (payload events).
 
         Same checks, batching, metrics and payload events as :meth:`predict`, and the same
         body KServe would answer: 200 with the response (JSON, or the JSON header and the
@@ -560,7 +563,7 @@ class OnnxPredictor(kserve.Model):
             answer = header + raw_out
         else:
             answer = self._json_answer(request_id, model_version, rows, predictions)
-        self._emit_v2(request_id, columns, rows, predictions, json_body)
+        self._emit_v2(request_id, columns, rows, predictions, request_body)
         REQUESTS.labels(self.name, "v2", "ok").inc()
         LATENCY.labels(self.name, "v2").observe(time.perf_counter() - started)
         return 200, answer, json_length
