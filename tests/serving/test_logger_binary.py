@@ -154,6 +154,11 @@ def _fp32(name: str, values: list[float]) -> tuple[dict[str, Any], bytes]:
     return tensor, data
 
 
+def _bytes_header(size: int) -> bytes:
+    tensor = {"name": "country", "shape": [2], "datatype": "BYTES"}
+    return _header([{**tensor, "parameters": {"binary_data_size": size}}])
+
+
 @pytest.mark.parametrize(
     ("build", "match"),
     [
@@ -199,7 +204,20 @@ def _fp32(name: str, values: list[float]) -> tuple[dict[str, Any], bytes]:
                 + b"DE",
                 None,
             ),
-            "'country': element 0",
+            "'country': element 0 of 10 bytes runs past the tensor",
+        ),
+        # a BYTES length prefix cut short
+        (
+            lambda: (_bytes_header(6) + struct.pack("<I", 1) + b"D" + b"\0", None),
+            "BYTES tensor 'country' ends inside a length prefix",
+        ),
+        # a BYTES element that is not UTF-8
+        (
+            lambda: (
+                _bytes_header(10) + struct.pack("<I", 1) + b"D" + struct.pack("<I", 1) + b"\xff",
+                None,
+            ),
+            "'country': element 1 is not UTF-8",
         ),
         # not JSON at all, and no header length
         (lambda: (b"\x00\x01binary", None), "not JSON"),

@@ -49,7 +49,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from cloudevents import exceptions as ce_exceptions
 from cloudevents.http import from_http
 
 from kfloop.core.errors import DataError
+from kfloop.serving.signature import BytesFramingError, split_bytes
 
 try:  # orjson comes with kserve; json is the fallback
     import orjson
@@ -101,8 +101,6 @@ _V2_NUMPY: dict[str, str] = {
     "FP32": "<f4",
     "FP64": "<f8",
 }
-
-_BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 Kind = Literal["request", "response"]
 _KINDS: dict[str, Kind] = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
@@ -452,30 +450,19 @@ def decode_binary_body(body: bytes | str, header_length: int, where: str = "even
 
 def _tensor_values(chunk: memoryview, datatype: str, name: str, where: str) -> list[Any]:
     if datatype == "BYTES":
-        values: list[Any] = []
-        append, length_at = values.append, _BYTES_LENGTH.unpack_from
-        data, i, n = chunk.tobytes(), 0, len(chunk)
         try:
-            while i < n:
-                if i + 4 > n:
-                    raise EventError(
-                        "bad_payload", f"{where}: BYTES tensor {name!r} ends inside a length prefix"
-                    )
-                end = i + 4 + length_at(data, i)[0]
-                if end > n:
-                    raise EventError(
-                        "bad_payload",
-                        f"{where}: BYTES tensor {name!r}: element {len(values)} of {end - i - 4} "
-                        "bytes runs past the tensor",
-                    )
-                append(data[i + 4 : end].decode())
-                i = end
-        except UnicodeDecodeError:
-            raise EventError(
-                "bad_payload",
-                f"{where}: BYTES tensor {name!r}: element {len(values)} is not UTF-8",
-            ) from None
-        return values
+            return split_bytes(chunk.tobytes())
+        except BytesFramingError as exc:
+            tensor = f"{where}: BYTES tensor {name!r}"
+            if exc.length is None:
+                message = f"{tensor} ends inside a length prefix"
+            elif exc.utf8:
+                message = f"{tensor}: element {exc.index} is not UTF-8"
+            else:
+                message = (
+                    f"{tensor}: element {exc.index} of {exc.length} bytes runs past the tensor"
+                )
+            raise EventError("bad_payload", message) from None
     dtype = _V2_NUMPY.get(datatype)
     if dtype is None:
         raise EventError(

@@ -385,20 +385,50 @@ def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray | list[str
         return np.frombuffer(raw, dtype="<f4")
     if datatype != BYTES:
         raise SignatureError(name, f"datatype {datatype} is not served")
+    try:
+        return split_bytes(raw)
+    except BytesFramingError as exc:
+        if exc.length is None:
+            message = f"binary BYTES data is cut short at byte {exc.offset}"
+        elif exc.utf8:
+            message = f"row {exc.index} is not valid UTF-8"
+        else:
+            message = f"binary BYTES element {exc.index} is cut short"
+        raise SignatureError(name, message) from None
+
+
+class BytesFramingError(ValueError):
+    """A ``BYTES`` tensor whose framing does not hold: element ``index`` (its length prefix at
+    byte ``offset``) has a prefix cut short (``length`` None), runs past the data, or, with
+    ``utf8``, is not UTF-8."""
+
+    def __init__(self, index: int, offset: int, length: int | None, utf8: bool = False) -> None:
+        self.index, self.offset, self.length, self.utf8 = index, offset, length, utf8
+        super().__init__(f"BYTES element {index} at byte {offset}")
+
+
+def split_bytes(raw: bytes) -> list[str]:
+    """The elements of a v2 binary ``BYTES`` tensor (each a 4-byte little-endian length, then
+    that many UTF-8 bytes) as str.
+
+    Raises:
+        BytesFramingError: the framing does not hold (see there).
+    """
     items: list[str] = []
     append, length_at = items.append, _BYTES_LENGTH.unpack_from
     offset, end = 0, len(raw)
-    try:
-        while offset < end:
-            if offset + 4 > end:
-                raise SignatureError(name, f"binary BYTES data is cut short at byte {offset}")
-            stop = offset + 4 + length_at(raw, offset)[0]
-            if stop > end:
-                raise SignatureError(name, f"binary BYTES element {len(items)} is cut short")
+    while offset < end:
+        if offset + 4 > end:
+            raise BytesFramingError(len(items), offset, None)
+        length = length_at(raw, offset)[0]
+        stop = offset + 4 + length
+        if stop > end:
+            raise BytesFramingError(len(items), offset, length)
+        try:
             append(raw[offset + 4 : stop].decode())
-            offset = stop
-    except UnicodeDecodeError:
-        raise SignatureError(name, f"row {len(items)} is not valid UTF-8") from None
+        except UnicodeDecodeError:
+            raise BytesFramingError(len(items), offset, length, utf8=True) from None
+        offset = stop
     return items
 
 
