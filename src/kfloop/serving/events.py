@@ -532,6 +532,17 @@ _NUMBERS = frozenset({float, int, _NONE})
 _STRINGS = frozenset({str, _NONE})
 
 
+def _as_floats(values: list[Any]) -> list[Any] | None:
+    """``values`` as floats (nulls kept) when they are all numbers or null, checked at C speed
+    (``set(map(type, ...))``; a bool is not a number here); else None."""
+    types = set(map(type, values))
+    if types <= _FLOAT_ONLY:
+        return values
+    if types <= _NUMBERS:
+        return [v if v is None else float(v) for v in values]
+    return None
+
+
 class _Checker:
     """Per-kind value checks, one column at a time; collects schema violations.
 
@@ -563,13 +574,11 @@ class _Checker:
 
     def column(self, i: int, values: list[Any]) -> list[Any]:
         """The values of feature ``i``, checked (numbers as floats, ``""`` as null)."""
-        types = set(map(type, values))
         if self.numeric[i]:
-            if types <= _FLOAT_ONLY:
-                return values
-            if types <= _NUMBERS:
-                return [v if v is None else float(v) for v in values]
-        elif types <= _STRINGS:
+            floats = _as_floats(values)
+            if floats is not None:
+                return floats
+        elif set(map(type, values)) <= _STRINGS:
             return [v or None for v in values] if "" in values else values
         value = self.value
         return [value(i, v) for v in values]
@@ -762,12 +771,8 @@ def _prediction(v: Any, violations: list[Violation]) -> float | None:
 
 
 def _predictions(values: list[Any], violations: list[Violation]) -> list[float | None]:
-    types = set(map(type, values))
-    if types <= _FLOAT_ONLY:
-        return values
-    if types <= _NUMBERS:
-        return [v if v is None else float(v) for v in values]
-    return [_prediction(v, violations) for v in values]
+    floats = _as_floats(values)
+    return floats if floats is not None else [_prediction(v, violations) for v in values]
 
 
 def decode_response(data: Any, event_id: str = "?") -> DecodedResponse:
@@ -788,8 +793,9 @@ def decode_response(data: Any, event_id: str = "?") -> DecodedResponse:
         preds = data["predictions"]
         if not isinstance(preds, list):
             raise EventError("bad_payload", f"{where}: 'predictions' must be a list")
-        if set(map(type, preds)) <= _NUMBERS:
-            return DecodedResponse(_predictions(preds, violations), violations)
+        floats = _as_floats(preds)
+        if floats is not None:
+            return DecodedResponse(floats, violations)
         out: list[float | None] = []
         for p in preds:
             if isinstance(p, list) and len(p) > 1:
@@ -844,6 +850,14 @@ class RowBlock:
     columns: list[list[Any]] | None
     predictions: list[float | None] | None
 
+    def feature(self, i: int) -> list[Any]:
+        """The ``n`` values of feature ``i`` (nulls when the request was lost)."""
+        return self.columns[i] if self.columns is not None else [None] * self.n
+
+    def prediction_values(self) -> list[float | None]:
+        """The ``n`` predictions (nulls when there is none)."""
+        return self.predictions if self.predictions is not None else [None] * self.n
+
     def ids(self) -> list[str]:
         """Row ids: the event id for one row, ``"<id>:<i>"`` for a batch."""
         if self.n == 1:
@@ -858,10 +872,9 @@ class RowBlock:
             if self.columns is not None
             else [None] * self.n
         )
-        preds = self.predictions if self.predictions is not None else [None] * self.n
         return [
             LogRow(rid, self.timestamp_us, self.endpoint, f, p)
-            for rid, f, p in zip(self.ids(), features, preds, strict=True)
+            for rid, f, p in zip(self.ids(), features, self.prediction_values(), strict=True)
         ]
 
 

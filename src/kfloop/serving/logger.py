@@ -962,16 +962,11 @@ class PayloadLogger:
         if blocks:
             with_features = [b for b in blocks if b.columns is not None]
             columns = {
-                name: _chain([b.columns[i] for b in with_features])  # type: ignore[index]
+                name: _chain([b.feature(i) for b in with_features])
                 for i, name in enumerate(target.schema.names)
                 if name in drift.windows
             }
-            preds = np.array(
-                _chain(
-                    [b.predictions if b.predictions is not None else [None] * b.n for b in blocks]
-                ),
-                dtype=np.float64,
-            )
+            preds = np.array(_chain([b.prediction_values() for b in blocks]), dtype=np.float64)
             drift.add_columns(columns, preds)
             if m.prediction is not None:
                 m.prediction.observe((lb["model"], lb["version"]), preds)
@@ -989,8 +984,8 @@ class PayloadLogger:
     def to_table(self, blocks: Sequence[RowBlock], target: _Target | None = None) -> pa.Table:
         """The Parquet contract's table of ``blocks`` (of ``target``, default the current)."""
         t = target or self._current()
-        n = sum(b.n for b in blocks)
         counts = np.fromiter((b.n for b in blocks), dtype=np.int64, count=len(blocks))
+        n = int(counts.sum())
         stamps = np.fromiter((b.timestamp_us for b in blocks), dtype=np.int64, count=len(blocks))
         arrays: list[pa.Array] = [
             _ids(blocks),
@@ -1001,13 +996,8 @@ class PayloadLogger:
         ]
         for i, name in enumerate(t.schema.names):
             typ = pa.float64() if t.schema.kinds[name] == "numeric" else pa.string()
-            values = _chain(
-                [b.columns[i] if b.columns is not None else [None] * b.n for b in blocks]
-            )
-            arrays.append(pa.array(values, typ))
-        preds = _chain(
-            [b.predictions if b.predictions is not None else [None] * b.n for b in blocks]
-        )
+            arrays.append(pa.array(_chain([b.feature(i) for b in blocks]), typ))
+        preds = _chain([b.prediction_values() for b in blocks])
         arrays.append(pa.array(preds, pa.float64()))
         return pa.Table.from_arrays(arrays, schema=t.arrow_schema)
 
