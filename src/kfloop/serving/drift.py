@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kfloop.core.errors import DataError
 from kfloop.model.profile import OTHER
@@ -130,9 +132,18 @@ class CategoryCoder:
         self._index = {k: i for i, k in enumerate(self.names[:-1])}
         self._other = len(self.names) - 1
         self._lookup: dict[Any, int] = {**self._index, None: MISSING, "": MISSING}
+        self._values: pa.Array | None = None
 
-    def codes(self, values: Sequence[Any]) -> np.ndarray:
+    def codes(self, values: Sequence[Any] | pa.Array) -> np.ndarray:
         """Bin index per value; ``None`` and ``""`` are ``MISSING``."""
+        if isinstance(values, pa.Array):  # looked up in Arrow (C++), not value by value
+            if self._values is None:
+                self._values = pa.array(self.names[:-1], pa.string())
+            found = pc.fill_null(pc.index_in(values, value_set=self._values), self._other)
+            codes = found.to_numpy(zero_copy_only=False).astype(np.int32)
+            missing = pc.or_kleene(values.is_null(), pc.equal(values, ""))
+            codes[missing.to_numpy(zero_copy_only=False)] = MISSING
+            return codes
         try:  # dict.get mapped over the values: no Python frame per value
             return np.fromiter(
                 map(self._lookup.get, values, itertools.repeat(self._other)),
@@ -269,8 +280,9 @@ class DriftMonitor:
         x = np.asarray(values, dtype=np.float64)
         self.windows[name].add(numeric_bins(x, self.edges[name]))
 
-    def add_categorical(self, name: str, values: Sequence[Any]) -> None:
-        """Add values (``None``/``""`` = missing) of categorical feature ``name``."""
+    def add_categorical(self, name: str, values: Sequence[Any] | pa.Array) -> None:
+        """Add values (``None``/``""`` = missing; a list or an Arrow string array) of
+        categorical feature ``name``."""
         self.windows[name].add(self.coders[name].codes(values))
 
     def add_predictions(self, values: np.ndarray | Sequence[float | None]) -> None:

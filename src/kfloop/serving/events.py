@@ -141,7 +141,7 @@ def _parse_time(raw: Any) -> datetime | None:
         return None
 
 
-def _binary_attributes(lower: Mapping[str, str]) -> dict[str, str]:
+def binary_attributes(lower: Mapping[str, str]) -> dict[str, str]:
     """Attributes of a binary-mode event: the ``ce-*`` headers (HTTP binding of CloudEvents
     1.0, values as they are, as the SDK reads them), checked like the SDK checks them."""
     attrs = {k[3:]: v for k, v in lower.items() if k.startswith("ce-")}
@@ -202,7 +202,7 @@ def parse_cloudevent(
         if not str(envelope.get("id") or "").strip():
             raise EventError("no_id", "structured CloudEvent has no 'id'")
     if binary and not use_sdk:
-        attrs: dict[str, Any] = _binary_attributes(lower)
+        attrs: dict[str, Any] = binary_attributes(lower)
         data: Any = body
     else:
         try:
@@ -980,6 +980,10 @@ class EventPairer:
         for event_id, orphan in other._done.items():
             if event_id not in self._done:
                 self._remember(event_id, orphan)
+
+    def remember(self, event_id: str) -> None:
+        """Record ``event_id`` as completed (a post taken whole), so that a retry is dropped."""
+        self._remember(event_id)
 
     def _remember(self, event_id: str, orphan: Kind | None = None) -> None:
         self._done[event_id] = orphan

@@ -119,9 +119,19 @@ from kfloop.serving.events import (
     InferenceEvent,
     RowBlock,
     Violation,
+    binary_attributes,
     is_batch,
     parse_cloudevent,
     parse_cloudevent_batch,
+)
+from kfloop.serving.rows import (
+    ROWS_CONTENT_TYPE,
+    ROWS_TYPE,
+    DecodedRows,
+    RowsError,
+    decode_rows,
+    feature_column,
+    numeric_values,
 )
 
 log = logging.getLogger(__name__)
@@ -145,18 +155,24 @@ def _row_suffixes(n: int) -> pa.Array:
 
 
 def _ids(blocks: Sequence[RowBlock]) -> pa.Array:
-    """The request_id column: ``RowBlock.ids`` of every block, built in Arrow (a 1,024-row
-    block's ids cost a third of what formatting them in Python did)."""
+    """The request_id column: ``RowBlock.ids`` of every block."""
+    return _row_ids([b.request_id for b in blocks], [b.n for b in blocks])
+
+
+def _row_ids(ids: Sequence[str], counts: Sequence[int]) -> pa.Array:
+    """The request_id column of inferences ``ids`` of ``counts`` rows: the id for one row,
+    ``"<id>:<i>"`` within a batch; built in Arrow (a 1,024-row block's ids cost a third of what
+    formatting them in Python did)."""
     parts: list[pa.Array] = []
     single: list[str] = []
-    for b in blocks:
-        if b.n == 1:
-            single.append(b.request_id)
+    for rid, n in zip(ids, counts, strict=True):
+        if n == 1:
+            single.append(rid)
             continue
         if single:
             parts.append(pa.array(single, pa.string()))
             single = []
-        parts.append(pc.binary_join_element_wise(pa.scalar(b.request_id), _row_suffixes(b.n), ""))
+        parts.append(pc.binary_join_element_wise(pa.scalar(rid), _row_suffixes(int(n)), ""))
     if single:
         parts.append(pa.array(single, pa.string()))
     return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
@@ -175,6 +191,28 @@ def _chain(lists: Sequence[list[Any]]) -> list[Any]:
     if len(lists) == 1:
         return lists[0]
     return list(itertools.chain.from_iterable(lists))
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    """Rows of a rows post (:mod:`kfloop.serving.rows`; a run of its inferences in one
+    hour), kept as the record batch that arrived; converted to the Parquet contract's
+    columns with the other posts of a flush (:meth:`PayloadLogger.to_table`)."""
+
+    rows: DecodedRows
+    endpoint: str | None
+
+    @property
+    def n(self) -> int:
+        return self.rows.n
+
+    @property
+    def timestamp_us(self) -> int:
+        """The first inference's time (the block's hour)."""
+        return int(self.rows.times_us[0])
+
+
+Block = RowBlock | TableBlock
 
 
 @dataclass(frozen=True)
@@ -601,10 +639,10 @@ class _Target:
             (profile.get("prediction") or {}).get("edges") or []
         )
         self.pairer = EventPairer(self.schema, config.hold_seconds, config.dedupe_ids)
-        self.buffer: list[RowBlock] = []
+        self.buffer: list[Block] = []
         self.buffer_rows = 0
         self.buffer_since = time.monotonic()
-        self.drift_blocks: list[RowBlock] = []
+        self.drift_blocks: list[Block] = []
         self.drift_rows = 0
         fields = [
             pa.field("request_id", pa.string(), nullable=False),
@@ -673,7 +711,7 @@ class PayloadLogger:
         self.metrics = LoggerMetrics(config.model_name)
         self.target: _Target | None = None
         self._draining: list[_Target] = []
-        self._queue: asyncio.Queue[tuple[_Target, list[RowBlock], int]] | None = None
+        self._queue: asyncio.Queue[tuple[_Target, list[Block], int]] | None = None
         self._inflight_rows = 0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -820,7 +858,77 @@ class PayloadLogger:
         m.batches.labels(**m.labels).inc()
         return 200, answer
 
-    def _add_blocks(self, target: _Target, blocks: list[RowBlock]) -> None:
+    def handle_rows(self, headers: Mapping[str, str], body: bytes) -> tuple[int, str]:
+        """Take one rows post (Arrow, see :mod:`kfloop.serving.rows`) whole, or nothing of
+        it; returns (HTTP status, message). Its ``ce-id`` is remembered: a re-post is a
+        duplicate, answered 200 and not written again."""
+        m = self.metrics
+        try:
+            target = self._check_accepting()
+            lower = {k.lower(): v for k, v in headers.items()}
+            post_id = (lower.get("ce-id") or "").strip()
+            if not post_id:
+                raise EventError(
+                    "no_id",
+                    "rows post has no ce-id header; kfloop's predictor sets a new UUID per "
+                    "post, by which a re-posted one is written once",
+                )
+            attrs = binary_attributes(lower)
+            if attrs["type"] != ROWS_TYPE:
+                raise EventError(
+                    "unknown_type",
+                    f"a {ROWS_CONTENT_TYPE} post must have ce-type {ROWS_TYPE!r}, "
+                    f"not {attrs['type']!r}",
+                )
+            if any(t.pairer.knows(post_id) for t in self._targets()):
+                m.drop("duplicate")
+                return 200, "duplicate"
+            try:
+                rows = decode_rows(
+                    body, target.schema.names, target.schema.kinds, f"rows post {post_id}"
+                )
+            except RowsError as exc:
+                raise EventError("bad_payload", str(exc)) from None
+        except _Reject as exc:
+            m.reject(exc.reason)
+            return exc.status, str(exc)
+        except EventError as exc:
+            m.reject(exc.reason)
+            return exc.status, str(exc)
+        blocks = self._table_blocks(rows, attrs.get("endpoint") or None)
+        target.pairer.remember(post_id)
+        inferences = len(rows.ids)
+        m.received_request.inc(inferences)
+        m.received_response.inc(inferences)
+        m.batches.labels(**m.labels).inc()
+        if rows.violations:
+            m.violation(rows.violations)
+        self._add_blocks(target, blocks)
+        return 200, "taken"
+
+    def _table_blocks(self, rows: DecodedRows, endpoint: str | None) -> list[TableBlock]:
+        """A rows post as blocks: one per run of its inferences in the same hour."""
+        hours = rows.times_us // _US_PER_HOUR
+        if (hours == hours[0]).all():
+            return [TableBlock(rows, endpoint)]
+        blocks: list[TableBlock] = []
+        start = 0  # first inference of the run
+        offset = 0  # its first row
+        for k in range(1, len(hours) + 1):
+            if k < len(hours) and hours[k] == hours[start]:
+                continue
+            length = int(rows.counts[start:k].sum())
+            part = DecodedRows(
+                rows.batch.slice(offset, length),
+                rows.ids[start:k],
+                rows.counts[start:k],
+                rows.times_us[start:k],
+            )
+            blocks.append(TableBlock(part, endpoint))
+            start, offset = k, offset + length
+        return blocks
+
+    def _add_blocks(self, target: _Target, blocks: Sequence[Block]) -> None:
         if not target.buffer:
             target.buffer_since = time.monotonic()
         rows = sum(b.n for b in blocks)
@@ -959,14 +1067,30 @@ class PayloadLogger:
         blocks, target.drift_blocks, target.drift_rows = target.drift_blocks, [], 0
         m, lb = self.metrics, self.metrics.labels
         drift = target.drift
-        if blocks:
-            with_features = [b for b in blocks if b.columns is not None]
-            columns = {
+        row_blocks = [b for b in blocks if isinstance(b, RowBlock)]
+        posts = [b for b in blocks if isinstance(b, TableBlock)]
+        if row_blocks:
+            with_features = [b for b in row_blocks if b.columns is not None]
+            columns: dict[str, Any] = {
                 name: _chain([b.feature(i) for b in with_features])
                 for i, name in enumerate(target.schema.names)
                 if name in drift.windows
             }
-            preds = np.array(_chain([b.prediction_values() for b in blocks]), dtype=np.float64)
+            preds = np.array(_chain([b.prediction_values() for b in row_blocks]), np.float64)
+            drift.add_columns(columns, preds)
+            if m.prediction is not None:
+                m.prediction.observe((lb["model"], lb["version"]), preds)
+        if posts:
+            batches = [b.rows.batch for b in posts]
+            kinds = target.schema.kinds
+            columns = {
+                name: numeric_values(batches, name)
+                if kinds[name] == "numeric"
+                else feature_column(batches, name, kinds[name])
+                for name in target.schema.names
+                if name in drift.windows
+            }
+            preds = numeric_values(batches, PREDICTION)
             drift.add_columns(columns, preds)
             if m.prediction is not None:
                 m.prediction.observe((lb["model"], lb["version"]), preds)
@@ -981,9 +1105,41 @@ class PayloadLogger:
 
     # -- writing --
 
-    def to_table(self, blocks: Sequence[RowBlock], target: _Target | None = None) -> pa.Table:
+    def to_table(self, blocks: Sequence[Block], target: _Target | None = None) -> pa.Table:
         """The Parquet contract's table of ``blocks`` (of ``target``, default the current)."""
         t = target or self._current()
+        row_blocks = [b for b in blocks if isinstance(b, RowBlock)]
+        posts = [b for b in blocks if isinstance(b, TableBlock)]
+        parts = [self._rows_table(row_blocks, t)] if row_blocks else []
+        if posts:
+            parts.append(self._posts_table(posts, t))
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def _posts_table(self, posts: Sequence[TableBlock], t: _Target) -> pa.Table:
+        """The Parquet contract's table of rows posts, converted together."""
+        batches = [b.rows.batch for b in posts]
+        ids = list(itertools.chain.from_iterable(b.rows.ids for b in posts))
+        counts = np.concatenate([b.rows.counts for b in posts])
+        stamps = np.repeat(np.concatenate([b.rows.times_us for b in posts]), counts)
+        n = len(stamps)
+        endpoint = posts[0].endpoint
+        if all(b.endpoint == endpoint for b in posts):
+            endpoints = pa.repeat(pa.scalar(endpoint, pa.string()), n)
+        else:
+            endpoints = pa.array(_chain([[b.endpoint] * b.n for b in posts]), pa.string())
+        arrays: list[pa.Array] = [
+            _row_ids(ids, counts.tolist()),
+            pa.repeat(pa.scalar(self.config.model_name, pa.string()), n),
+            pa.repeat(pa.scalar(t.version, pa.string()), n),
+            pa.array(stamps).cast(pa.timestamp("us", tz="UTC")),
+            endpoints,
+        ]
+        kinds = t.schema.kinds
+        arrays += [feature_column(batches, name, kinds[name]) for name in t.schema.names]
+        arrays.append(feature_column(batches, PREDICTION, "numeric"))
+        return pa.Table.from_arrays(arrays, schema=t.arrow_schema)
+
+    def _rows_table(self, blocks: Sequence[RowBlock], t: _Target) -> pa.Table:
         counts = np.fromiter((b.n for b in blocks), dtype=np.int64, count=len(blocks))
         n = int(counts.sum())
         stamps = np.fromiter((b.timestamp_us for b in blocks), dtype=np.int64, count=len(blocks))
@@ -1024,7 +1180,7 @@ class PayloadLogger:
             return
         if self._queue is None:
             raise RuntimeError("PayloadLogger.start() was not called")
-        hours: dict[int, list[RowBlock]] = {}
+        hours: dict[int, list[Block]] = {}
         for b in blocks:
             hours.setdefault(b.timestamp_us // _US_PER_HOUR, []).append(b)
         for batch in hours.values():
@@ -1033,7 +1189,7 @@ class PayloadLogger:
             self._queue.put_nowait((target, batch, rows))
         self._update_gauges()
 
-    def write_batch(self, blocks: Sequence[RowBlock], target: _Target | None = None) -> str:
+    def write_batch(self, blocks: Sequence[Block], target: _Target | None = None) -> str:
         """Write one partition's blocks as one Parquet file (blocking); returns its URI."""
         t = target or self._current()
         table = self.to_table(blocks, t)
@@ -1198,7 +1354,11 @@ class EventsFront:
             status, answer = service.handle_batch(body)
             await _answer(send, status, answer)
             return
-        status, text = service.handle(headers, body)
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == ROWS_CONTENT_TYPE:
+            status, text = service.handle_rows(headers, body)
+        else:
+            status, text = service.handle(headers, body)
         if status == 200:
             await send({"type": "http.response.start", "status": 200, "headers": _EMPTY})
             await send({"type": "http.response.body", "body": b""})

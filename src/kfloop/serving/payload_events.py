@@ -84,6 +84,7 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from kfloop.core.errors import ConfigError
+from kfloop.serving.rows import ROWS_CONTENT_TYPE, ROWS_TYPE, RowsItem, encode_rows
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,14 @@ BATCH_RETRY_WAIT_S = 0.25
 """Seconds before the first re-post of a batch answered 429/503 (doubled each time, at most
 ``BATCH_RETRY_MAX_WAIT_S``: about 15 s in all before the batch counts as ``send_failed``)."""
 BATCH_RETRY_MAX_WAIT_S = 2.0
+FORMATS = ("cloudevents", "arrow")
+ROWS_MAX_PER_POST = 16_384
+"""An Arrow rows post stops growing once it holds this many rows (a bigger inference goes
+alone); 16,384 rows of the demo model are about 1 MiB."""
+ROWS_LINGER_S = 0.02
+"""A rows post that is not full waits this long for more inferences: a post costs both sides
+a few dozen Arrow calls whatever its size, so posts of one inference each would cost more
+than the JSON events; the rows wait in the logger's buffer for seconds anyway."""
 
 EVENTS_SENT = Counter(
     "kfloop_payload_events_sent_total",
@@ -300,6 +309,9 @@ class PayloadEmitter:
         senders: Concurrent sender tasks (and pooled connections) posting the events.
         batch_max_events: Most events per post; above 1, queued events go as CloudEvents
             batches (kfloop's logger only), 1 posts each event alone as the agent does.
+        payload_format: ``cloudevents`` (the agent's JSON events), or ``arrow``: what
+            :meth:`emit_rows` queues goes as Arrow rows posts (:mod:`kfloop.serving.rows`,
+            kfloop's logger only) of up to ``batch_max_events / 2`` inferences.
     """
 
     def __init__(
@@ -311,7 +323,12 @@ class PayloadEmitter:
         timeout: float = DEFAULT_TIMEOUT_S,
         senders: int = DEFAULT_SENDERS,
         batch_max_events: int = DEFAULT_BATCH_EVENTS,
+        payload_format: str = "cloudevents",
     ) -> None:
+        if payload_format not in FORMATS:
+            raise ConfigError(
+                "logger_format", f"must be one of {', '.join(FORMATS)}, got {payload_format!r}"
+            )
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError("logger_url", f"{url!r} is not an http:// or https:// URL")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 2:
@@ -333,6 +350,8 @@ class PayloadEmitter:
         self.timeout = timeout
         self.senders = senders
         self.batch_max_events = batch_max_events
+        self.payload_format = payload_format
+        self._collecting = asyncio.Lock()
         self._headers = _static_headers(identity)
         structured = {
             "specversion": SPEC_VERSION,
@@ -419,6 +438,25 @@ class PayloadEmitter:
         self._pending += 2
         QUEUE_DEPTH.set(2 * queue.qsize())
         return event_id
+
+    @property
+    def rows_format(self) -> bool:
+        """Whether inferences go as Arrow rows posts (:meth:`emit_rows`)."""
+        return self.payload_format == "arrow"
+
+    def emit_rows(
+        self, request_id: str | None, columns: Mapping[str, Any], predictions: Any
+    ) -> str | None:
+        """Enqueue one inference as the model saw it, for an Arrow rows post: ``columns``
+        maps each model input (in the model's order) to its values (numpy arrays of one value
+        per row: numbers, NaN missing, or str), ``predictions`` one per row. Never blocks; the
+        caller must not change the arrays after. Counted as two events (its request and its
+        response) in the sent and dropped metrics. Returns the id, or None when off."""
+        if not self.enabled:
+            return None
+        event_id = request_id or str(uuid.uuid4())
+        item = RowsItem(event_id, columns, predictions, time.time())
+        return self.emit(event_id, item, None)
 
     def _stamp(self, at: float) -> bytes:
         """RFC 3339 UTC time of ``at`` to the microsecond (the date part cached per second)."""
@@ -580,6 +618,9 @@ class PayloadEmitter:
         # An inference taken from the queue that did not fit in the previous batch (by size).
         carry: tuple[list[bytes], list[str], int] | None = None
         while True:
+            if self.rows_format:
+                await self._send_rows(poster, queue)
+                continue
             if batch_max == 1:
                 event_id, request_body, response_body, at = await queue.get()
                 try:
@@ -619,6 +660,87 @@ class PayloadEmitter:
                 for _ in range(taken):
                     queue.task_done()
                 QUEUE_DEPTH.set(2 * queue.qsize())
+
+    async def _send_rows(self, poster: _Poster, queue: asyncio.Queue[_Item]) -> None:
+        """Post the next queued inference and whatever else is queued (up to
+        ``batch_max_events / 2`` inferences and :data:`ROWS_MAX_PER_POST` rows) as Arrow rows
+        posts, one per run of inferences with the same inputs (a hot swap may change them);
+        something queued with bodies (:meth:`emit`) goes as the agent's events."""
+        limit = max(1, self.batch_max_events // 2)
+        async with self._collecting:  # one sender gathers a post at a time; others post
+            items = [await queue.get()]
+            if limit > 1 and queue.qsize() + 1 < limit:
+                await asyncio.sleep(ROWS_LINGER_S)
+            rows = _item_rows(items[0])
+            while len(items) < limit and rows < ROWS_MAX_PER_POST and not queue.empty():
+                items.append(queue.get_nowait())
+                rows += _item_rows(items[-1])
+        try:
+            run: list[RowsItem] = []
+            for event_id, request_body, response_body, at in items:
+                if isinstance(request_body, RowsItem):
+                    if run and list(run[0].columns) != list(request_body.columns):
+                        await self._post_rows(poster, run)
+                        run = []
+                    run.append(request_body)
+                    continue
+                for kind, body in ((REQUEST_TYPE, request_body), (RESPONSE_TYPE, response_body)):
+                    try:
+                        await self._post(poster, kind, event_id, body, at)
+                    except Exception:  # a bug must cost its event, counted, not the others
+                        self._lost_to_bug(1)
+            if run:
+                await self._post_rows(poster, run)
+        except Exception:  # a bug must cost events, counted, never the sender
+            self._lost_to_bug(2 * len(items))
+        finally:
+            self._pending -= 2 * len(items)
+            for _ in items:
+                queue.task_done()
+            QUEUE_DEPTH.set(2 * queue.qsize())
+
+    async def _post_rows(self, poster: _Poster, items: list[RowsItem]) -> None:
+        events = 2 * len(items)
+        try:
+            content = encode_rows(items)
+        except Exception as exc:  # arrays Arrow cannot take: counted, never raised
+            self.dropped += events
+            EVENTS_DROPPED.labels(reason="encode_failed").inc(events)
+            log.warning("%d payload events not logged: cannot encode the rows: %s", events, exc)
+            return
+        head = b"".join(
+            (
+                self._binary_head,
+                b"content-type: ",
+                ROWS_CONTENT_TYPE.encode("ascii"),
+                b"\r\nce-id: ",
+                str(uuid.uuid4()).encode("ascii"),
+                b"\r\nce-type: ",
+                ROWS_TYPE.encode("ascii"),
+                b"\r\nce-time: ",
+                self._stamp(items[0].at),
+                b"\r\ncontent-length: ",
+                str(len(content)).encode("ascii"),
+                b"\r\n\r\n",
+            )
+        )
+        ok, reason = await self._deliver(poster, head, content)
+        if ok:
+            self.sent += events
+            self._sent[REQUEST_TYPE].inc(len(items))
+            self._sent[RESPONSE_TYPE].inc(len(items))
+            return
+        self.failed += events
+        self._send_failed.inc(events)
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.warning(
+                "payload logger %s did not take the rows of %d inferences: %s",
+                self.url,
+                len(items),
+                reason,
+            )
 
     def _lost_to_bug(self, count: int) -> None:
         self.failed += count
@@ -664,6 +786,11 @@ class PayloadEmitter:
         for poster in posters:
             poster.close()
         return left
+
+
+def _item_rows(item: _Item) -> int:
+    body = item[1]
+    return body.rows if isinstance(body, RowsItem) else 1
 
 
 def v2_json_inputs(columns: Mapping[str, Any], rows: int) -> list[dict[str, Any]]:

@@ -87,6 +87,7 @@ from kfloop.serving.fastpath import ADMIN_TOKEN_ENV, AdminGuard, PredictorFront
 from kfloop.serving.payload_events import (
     DEFAULT_BATCH_EVENTS,
     DEFAULT_SENDERS,
+    FORMATS,
     MAX_BATCH_EVENTS,
     BinaryBody,
     EventIdentity,
@@ -185,6 +186,7 @@ class ServeOptions:
     logger_senders: int = DEFAULT_SENDERS
     logger_drain_seconds: float = DEFAULT_DRAIN_S
     logger_batch_events: int = DEFAULT_BATCH_EVENTS
+    logger_format: str = "cloudevents"
     inline_max_rows: int = 64
     intra_op_threads: int = 0
 
@@ -204,6 +206,10 @@ class ServeOptions:
             raise ConfigError(
                 "logger_batch_events",
                 f"must be in [1, {MAX_BATCH_EVENTS}], got {self.logger_batch_events}",
+            )
+        if self.logger_format not in FORMATS:
+            raise ConfigError(
+                "logger_format", f"must be one of {', '.join(FORMATS)}, got {self.logger_format!r}"
             )
         if not 0 <= self.logger_drain_seconds <= 3600:
             raise ConfigError(
@@ -311,6 +317,7 @@ class OnnxPredictor(kserve.Model):
             queue_size=self.options.logger_queue_size,
             senders=self.options.logger_senders,
             batch_max_events=self.options.logger_batch_events,
+            payload_format=self.options.logger_format,
         )
 
     # kserve hooks ----------------------------------------------------------------------------
@@ -463,6 +470,9 @@ class OnnxPredictor(kserve.Model):
         against 501 req/s).
         """
         if not self.emitter.enabled:
+            return
+        if self.emitter.rows_format:
+            self.emitter.emit_rows(request_id, columns, predictions)
             return
         assert self.signature is not None
         # Bodies built and serialised by the emitter's senders, off the request path.
@@ -649,7 +659,9 @@ class OnnxPredictor(kserve.Model):
             self._emit_v2(request_id, columns, rows, predictions)
         else:
             response = {"predictions": predictions.reshape(-1).tolist()}
-            if self.emitter.enabled:
+            if self.emitter.rows_format:
+                self.emitter.emit_rows(_request_id(headers, None), columns, predictions)
+            elif self.emitter.enabled:
                 self.emitter.emit(_request_id(headers, None), payload, response)
         REQUESTS.labels(self.name, protocol, "ok").inc()
         LATENCY.labels(self.name, protocol).observe(time.perf_counter() - started)
@@ -1204,6 +1216,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="most payload events per post; above 1, queued events go as one CloudEvents batch "
         "(kfloop's logger only; default 1: one event per post, as the KServe agent does)",
     )
+    parser.add_argument(
+        "--logger-format",
+        choices=FORMATS,
+        default="cloudevents",
+        help="cloudevents: each request and response as the KServe agent logs them (JSON "
+        "CloudEvents; default); arrow: the inputs the model saw and its predictions as Arrow "
+        "rows posts of up to --logger-batch-events / 2 inferences (kfloop's logger only; "
+        "no JSON for the logger to parse again)",
+    )
     parser.add_argument("--logger-source", default="", help="ce-source (default: own URL)")
     parser.add_argument("--inference-service", default="", help="ce-inferenceservicename")
     parser.add_argument("--namespace", default="default", help="ce-namespace")
@@ -1265,6 +1286,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         logger_senders=args.logger_senders,
         logger_drain_seconds=args.logger_drain_seconds,
         logger_batch_events=args.logger_batch_events,
+        logger_format=args.logger_format,
         inline_max_rows=args.inline_max_rows,
         intra_op_threads=args.intra_op_threads,
     )
