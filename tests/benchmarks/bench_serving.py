@@ -12,6 +12,8 @@ server in its own process, all of them up at once and loaded one at a time:
   writes Parquet to SeaweedFS (the local stack), one CloudEvent per post (as the KServe agent);
 - ``kfloop-batch`` the same with ``--logger-batch-events 64`` (``--batch-events``): queued
   events posted as CloudEvents batches (``application/cloudevents-batch+json``).
+- ``kfloop-arrow`` the same with ``--logger-format arrow --logger-batch-events 512``: the
+  inputs the model saw and its predictions posted as Arrow rows, up to 256 inferences a post.
 
 Each is loaded with a batch-1 v2 JSON request (req/s) and a 1,024-row batch as v2 JSON and as
 v2 binary tensors (rows/s). A case is measured in rounds (``--rounds``, ``--seconds`` each):
@@ -762,6 +764,7 @@ def run(
     for name, extra in (
         ("kfloop-on", []),
         ("kfloop-batch", ["--logger-batch-events", str(args.batch_events)]),
+        ("kfloop-arrow", ["--logger-format", "arrow", "--logger-batch-events", "512"]),
     ):
         outputs[name] = f"{logs_root}/{name}"
         logger = start_logger(f"logger-{name}", root, outputs[name], workdir, env)
@@ -927,13 +930,14 @@ def run(
     all_ok = True
     for payload in payloads:
         off, base = get("kfloop-off", payload), get("kserve-min", payload)
-        for server in ("kfloop-on", "kfloop-batch"):
+        for server in ("kfloop-on", "kfloop-batch", "kfloop-arrow"):
             on = get(server, payload)
             ratio = on.result.rps / base.result.rps if base.result.rps else 0.0
             cost = 1 - on.result.rps / off.result.rps if off.result.rps else 1.0
             tail = on.result.p99_ms / on.result.p50_ms if on.result.p50_ms else float("inf")
             lost = dropped_by_case.get((server, payload.name), 0)
-            case = f"{payload.name} {'batched' if server == 'kfloop-batch' else 'single'}"
+            mode = {"kfloop-on": "single", "kfloop-batch": "batched", "kfloop-arrow": "arrow"}
+            case = f"{payload.name} {mode[server]}"
             for label, ok, text in (
                 ("throughput >= 2x (a), logging on", ratio >= 2, f"{ratio:.2f}x"),
                 (
@@ -960,7 +964,7 @@ def run(
     return 0
 
 
-SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on", "kfloop-batch")
+SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on", "kfloop-batch", "kfloop-arrow")
 
 
 def drain(server: Server) -> float:

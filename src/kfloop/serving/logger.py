@@ -48,6 +48,14 @@ accepted (retrying would duplicate nothing, but would not cure the bad ones eith
 ``{"accepted": n, "rejected": [{"index", "reason", "error"}]}``; ``400`` with the same body
 when none was.
 
+**Arrow rows posts** (``Content-Type: application/vnd.apache.arrow.stream``, ``ce-type``
+``dev.kfloop.serving.inference.rows``; what kfloop's predictor sends with ``--logger-format
+arrow``; :mod:`kfloop.serving.rows`) on the same ``POST /``: the rows of several inferences,
+already paired and decoded, taken whole (one check of the buffer limit, then all of the post
+or, for a malformed one, none: ``400`` naming the column or the field) and written as the
+JSON events of the same inferences would be; a re-posted ``ce-id`` is answered 200 and
+written once; each inference counts as one request and one response event received.
+
 Following production (``--follow-production``, with ``--model-name``): the logger reads the
 model's production pointer (``s3://<models-bucket>/<model>/production.json``, see
 :mod:`kfloop.deploy.registry`) at start and every ``--follow-seconds``, and logs under the
@@ -445,7 +453,8 @@ class LoggerMetrics:
         self.batches = Counter(
             "kfloop_logger_event_batches",
             "Batched-content-mode posts (application/cloudevents-batch+json) with at least one "
-            "event accepted; their events are counted in events_received one by one",
+            "event accepted, and Arrow rows posts taken; their events are counted in "
+            "events_received one by one (a rows post: a request and a response per inference)",
             mv,
             registry=r,
         )

@@ -58,6 +58,14 @@ A batch answered 429 or 503 is posted again as a single event is; other failures
 event of the batch as ``send_failed``. The KServe agent does not batch: a cluster's logger
 still gets single events from it.
 
+Arrow rows (``payload_format="arrow"``, ``--logger-format arrow``; kfloop's logger only): the
+predictor hands :meth:`PayloadEmitter.emit_rows` the inputs the model saw and its predictions
+(numpy arrays, no body to build), and one sender at a time gathers the queued inferences, up
+to ``batch_max_events / 2`` of them and :data:`ROWS_MAX_PER_POST` rows, waiting
+:data:`ROWS_LINGER_S` for more when the post is not full, into one Arrow IPC record batch
+(:mod:`kfloop.serving.rows`) posted as a binary-mode CloudEvent with a new id; retries and
+drop counting as for a batch (each inference counts as its two events).
+
 On shutdown the predictor calls :meth:`PayloadEmitter.close` after the HTTP and gRPC servers
 stopped taking requests: every event queued before is posted, for at most the drain time
 (``--logger-drain-seconds``); what is left then is counted as ``reason="shutdown"``.
