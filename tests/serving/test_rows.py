@@ -258,14 +258,19 @@ def _features(rows: list[dict[str, Any]], names: list[str], kinds: dict[str, str
     }
 
 
+def input_kinds(folder: Path) -> dict[str, str]:
+    """The model's inputs (``metadata.json``) and their kinds, in order."""
+    meta = json.loads((folder / "metadata.json").read_text())
+    return {i["name"]: i["kind"] for i in meta["inputs"]}
+
+
 def test_the_logger_takes_rows_posts_once_and_refuses_bad_ones_whole(
     start_logger: Any,  # noqa: F811
     store: ObjectStore,
     bucket: str,
     model_dir: Path,  # noqa: F811
 ) -> None:
-    meta = json.loads((model_dir / "metadata.json").read_text())
-    kinds = {i["name"]: i["kind"] for i in meta["inputs"]}
+    kinds = input_kinds(model_dir)
     names = list(kinds)
     server = start_logger(*base_args(str(model_dir), f"s3://{bucket}/logs", "--flush-rows", "50"))
     rows, preds = traffic(40, seed=9)
@@ -336,8 +341,7 @@ def test_overload_refuses_a_rows_post_whole(
     """A rows post of 10 rows (buffered until the 2 s flush) and 10 JSON requests waiting for
     their responses fill the 20-row buffer: the next rows post is 429 as a whole; posted
     again after the flush, it is taken; nothing is lost or written twice."""
-    meta = json.loads((model_dir / "metadata.json").read_text())
-    kinds = {i["name"]: i["kind"] for i in meta["inputs"]}
+    kinds = input_kinds(model_dir)
     server = start_logger(
         *base_args(
             str(model_dir), f"s3://{bucket}/logs",

@@ -788,10 +788,7 @@ class PayloadLogger:
             target = self._check_accepting()
             event = parse_cloudevent(headers, body)
             status = self._take(target, event)
-        except _Reject as exc:
-            m.reject(exc.reason)
-            return exc.status, str(exc)
-        except EventError as exc:
+        except (_Reject, EventError) as exc:
             m.reject(exc.reason)
             return exc.status, str(exc)
         return 200, status
@@ -898,10 +895,7 @@ class PayloadLogger:
                 )
             except RowsError as exc:
                 raise EventError("bad_payload", str(exc)) from None
-        except _Reject as exc:
-            m.reject(exc.reason)
-            return exc.status, str(exc)
-        except EventError as exc:
+        except (_Reject, EventError) as exc:
             m.reject(exc.reason)
             return exc.status, str(exc)
         blocks = self._table_blocks(rows, attrs.get("endpoint") or None)
