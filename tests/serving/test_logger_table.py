@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.exposition import generate_latest
 
+from kfloop.serving.drift import DriftMonitor
 from kfloop.serving.events import RowBlock, block_rows
 from kfloop.serving.logger import LoggerConfig, PayloadLogger
 
@@ -77,3 +78,35 @@ def test_drift_and_prediction_histogram_see_the_blocks(tmp_path: Path) -> None:
     exposition = generate_latest(logger.metrics.registry).decode()
     assert 'kfloop_prediction_count{model="m",version="v1"} 6.0' in exposition
     assert 'kfloop_prediction_bucket{le="0.5",model="m",version="v1"} 3.0' in exposition
+
+
+def test_a_window_smaller_than_the_new_rows_holds_what_adding_every_row_gives(
+    tmp_path: Path,
+) -> None:
+    """Only the newest blocks' features are binned when more rows arrive than the window
+    holds; the window (and the drift it gives) is the one adding every row would give."""
+    logger = PayloadLogger(
+        LoggerConfig("m", "v1", str(tmp_path), window_rows=4, drift_every_rows=4),
+        PROFILE,
+        ["age", "country"],
+    )
+    target = logger.target
+    assert target is not None
+    blocks = _blocks()
+    target.drift_blocks = blocks
+    logger.update_drift()
+
+    every = DriftMonitor(PROFILE, 4)
+    with_features = [b for b in blocks if b.columns is not None]
+    every.add_columns(
+        {
+            "age": [v for b in with_features for v in b.feature(0)],
+            "country": [v for b in with_features for v in b.feature(1)],
+        },
+        np.array([v for b in blocks for v in b.prediction_values()], dtype=np.float64),
+    )
+    assert logger.drift.feature_drift() == every.feature_drift()
+    assert logger.drift.feature_drift()["age"].rows == 4
+    assert logger.drift.prediction_drift() == every.prediction_drift()
+    exposition = generate_latest(logger.metrics.registry).decode()
+    assert 'kfloop_prediction_count{model="m",version="v1"} 6.0' in exposition  # every row

@@ -294,12 +294,16 @@ class DriftMonitor:
         self, columns: Mapping[str, Sequence[Any]], predictions: np.ndarray | Sequence[Any]
     ) -> None:
         """Add one batch: ``columns`` maps profiled feature names to equal-length values."""
+        self.add_features(columns)
+        self.add_predictions(predictions)
+
+    def add_features(self, columns: Mapping[str, Any]) -> None:
+        """Add feature values only (``columns`` as for :meth:`add_columns`)."""
         for name, values in columns.items():
             if name in self.coders:
                 self.add_categorical(name, values)
             elif name in self.edges:
                 self.add_numeric(name, values)
-        self.add_predictions(predictions)
 
     def feature_drift(self) -> dict[str, DriftValue]:
         """Current drift per feature."""

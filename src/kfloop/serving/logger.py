@@ -194,6 +194,19 @@ def _endpoints(blocks: Sequence[RowBlock], n: int) -> pa.Array:
     return pa.array(_chain([[b.endpoint] * b.n for b in blocks]), pa.string())
 
 
+def _tail(blocks: Sequence[Block], rows: int) -> list[Block]:
+    """The newest of ``blocks`` that hold at least ``rows`` rows (all of them if fewer)."""
+    out: list[Block] = []
+    n = 0
+    for b in reversed(blocks):
+        if n >= rows:
+            break
+        out.append(b)
+        n += b.n
+    out.reverse()
+    return out
+
+
 def _chain(lists: Sequence[list[Any]]) -> list[Any]:
     """One list of the lists' items (the lists themselves when there is only one)."""
     if len(lists) == 1:
@@ -1070,19 +1083,21 @@ class PayloadLogger:
         blocks, target.drift_blocks, target.drift_rows = target.drift_blocks, [], 0
         m, lb = self.metrics, self.metrics.labels
         drift = target.drift
-        row_blocks = [b for b in blocks if isinstance(b, RowBlock)]
-        posts = [b for b in blocks if isinstance(b, TableBlock)]
+        # A window holds the last ``window_rows`` values: older new rows would only be
+        # binned to be pushed out again, so features are read from the newest blocks only.
+        with_features = _tail(
+            [b for b in blocks if not isinstance(b, RowBlock) or b.columns is not None],
+            self.config.window_rows,
+        )
+        row_blocks = [b for b in with_features if isinstance(b, RowBlock)]
+        posts = [b for b in with_features if isinstance(b, TableBlock)]
         if row_blocks:
-            with_features = [b for b in row_blocks if b.columns is not None]
             columns: dict[str, Any] = {
-                name: _chain([b.feature(i) for b in with_features])
+                name: _chain([b.feature(i) for b in row_blocks])
                 for i, name in enumerate(target.schema.names)
                 if name in drift.windows
             }
-            preds = np.array(_chain([b.prediction_values() for b in row_blocks]), np.float64)
-            drift.add_columns(columns, preds)
-            if m.prediction is not None:
-                m.prediction.observe((lb["model"], lb["version"]), preds)
+            drift.add_features(columns)
         if posts:
             batches = [b.rows.batch for b in posts]
             kinds = target.schema.kinds
@@ -1093,8 +1108,20 @@ class PayloadLogger:
                 for name in target.schema.names
                 if name in drift.windows
             }
-            preds = numeric_values(batches, PREDICTION)
-            drift.add_columns(columns, preds)
+            drift.add_features(columns)
+        # Every prediction goes to the histogram (and the newest to the window).
+        preds_parts = [
+            np.array(
+                _chain([b.prediction_values() for b in blocks if isinstance(b, RowBlock)]),
+                dtype=np.float64,
+            )
+        ]
+        all_posts = [b.rows.batch for b in blocks if isinstance(b, TableBlock)]
+        if all_posts:
+            preds_parts.append(numeric_values(all_posts, PREDICTION))
+        preds = np.concatenate(preds_parts).astype(np.float64, copy=False)
+        if preds.size:
+            drift.add_predictions(preds)
             if m.prediction is not None:
                 m.prediction.observe((lb["model"], lb["version"]), preds)
         for name, value in drift.feature_drift().items():

@@ -74,13 +74,26 @@ def _column(parts: Sequence[np.ndarray]) -> pa.Array:
     return pa.array(values)
 
 
+def column_of(items: Sequence[RowsItem], name: str) -> pa.Array:
+    """Input ``name`` of ``items`` as one Arrow array (``prediction``: the predictions)."""
+    if name == PREDICTION:
+        return _column([it.predictions for it in items])
+    return _column([it.columns[name] for it in items])
+
+
 def encode_rows(items: Sequence[RowsItem]) -> bytes:
     """The Arrow IPC stream of ``items`` (which share their input names and order)."""
     if not items:
         raise ValueError("no inference to encode")
-    names = list(items[0].columns)
-    arrays = [_column([it.columns[name] for it in items]) for name in names]
-    arrays.append(_column([it.predictions for it in items]))
+    names = [*items[0].columns, PREDICTION]
+    return rows_stream(items, names, [column_of(items, name) for name in names])
+
+
+def rows_stream(
+    items: Sequence[RowsItem], names: Sequence[str], arrays: Sequence[pa.Array]
+) -> bytes:
+    """The Arrow IPC stream of ``items`` given their columns (``names``, ``arrays``: every
+    input, then ``prediction``)."""
     meta = {
         "ids": [it.event_id for it in items],
         "rows": [it.rows for it in items],
@@ -89,7 +102,7 @@ def encode_rows(items: Sequence[RowsItem]) -> bytes:
     batch = pa.RecordBatch.from_arrays(
         arrays,
         schema=pa.schema(
-            [pa.field(n, a.type) for n, a in zip([*names, PREDICTION], arrays, strict=True)],
+            [pa.field(n, a.type) for n, a in zip(names, arrays, strict=True)],
             metadata={META_KEY: orjson.dumps(meta)},
         ),
     )
