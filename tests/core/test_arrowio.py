@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from kfloop.core.arrowio import read_table, table_info, write_parquet, write_table
@@ -73,3 +74,21 @@ def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
         write_parquet("not a table", target)  # type: ignore[arg-type]
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.parquet"]
+
+
+def test_parquet_dictionaries_only_for_the_named_columns(tmp_path: Path) -> None:
+    table = pa.table({"id": [f"id-{i}" for i in range(100)], "plan": ["a", "b"] * 50})
+    every, named = tmp_path / "every.parquet", tmp_path / "named.parquet"
+    write_parquet(table, every)
+    write_parquet(table, named, use_dictionary=["plan"])
+
+    def dictionary_encoded(path: Path) -> list[bool]:
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        return [
+            any("DICTIONARY" in e for e in group.column(i).encodings)
+            for i in range(group.num_columns)
+        ]
+
+    assert dictionary_encoded(every) == [True, True]
+    assert dictionary_encoded(named) == [False, True]
+    assert pq.read_table(named).equals(table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,20 @@ def _format_of(path: str) -> str:
     )
 
 
-def _write_local(table: pa.Table, path: Path, fmt: str, compression: str) -> None:
+def _write_local(
+    table: pa.Table,
+    path: Path,
+    fmt: str,
+    compression: str,
+    use_dictionary: bool | Sequence[str] = True,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         if fmt == "parquet":
-            pq.write_table(table, tmp, compression=compression)
+            pq.write_table(table, tmp, compression=compression, use_dictionary=use_dictionary)
         else:
             with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
@@ -72,8 +79,13 @@ def write_table(
     dest: str | os.PathLike[str],
     store: ObjectStore | None = None,
     compression: str = "zstd",
+    use_dictionary: bool | Sequence[str] = True,
 ) -> TableInfo:
-    """Write ``table`` as Parquet or Arrow IPC (by suffix) to a path or ``s3://`` URI."""
+    """Write ``table`` as Parquet or Arrow IPC (by suffix) to a path or ``s3://`` URI.
+
+    ``use_dictionary``: Parquet dictionary encoding for every column (True), or only the
+    named ones (dictionaries of unique ids or continuous floats are built and thrown away).
+    """
     target = os.fspath(dest)
     fmt = _format_of(target)
     if is_s3_uri(target):
@@ -81,25 +93,29 @@ def write_table(
             store = ObjectStore.from_env()
         with tempfile.TemporaryDirectory(prefix="kfloop-write-") as tmp:
             local = Path(tmp) / Path(S3Uri.parse(target).key).name
-            _write_local(table, local, fmt, compression)
+            _write_local(table, local, fmt, compression, use_dictionary)
             info = store.put_file(local, target)
             return TableInfo(
                 table.num_rows, table.num_columns, info.sha256 or "", info.size, target
             )
     path = Path(target)
-    _write_local(table, path, fmt, compression)
+    _write_local(table, path, fmt, compression, use_dictionary)
     return TableInfo(
         table.num_rows, table.num_columns, sha256_file(path), path.stat().st_size, str(path)
     )
 
 
 def write_parquet(
-    table: pa.Table, dest: str | os.PathLike[str], store: ObjectStore | None = None
+    table: pa.Table,
+    dest: str | os.PathLike[str],
+    store: ObjectStore | None = None,
+    *,
+    use_dictionary: bool | Sequence[str] = True,
 ) -> TableInfo:
     """Write Parquet (zstd) to a path or ``s3://`` URI; returns artifact metadata."""
     if not os.fspath(dest).lower().endswith(PARQUET_SUFFIXES):
         raise DataError(f"{dest}: a Parquet file name must end in .parquet")
-    return write_table(table, dest, store)
+    return write_table(table, dest, store, use_dictionary=use_dictionary)
 
 
 def _read_local(path: Path, fmt: str, columns: list[str] | None) -> pa.Table:

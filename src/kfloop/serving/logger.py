@@ -678,6 +678,10 @@ class _Target:
             fields.append(pa.field(name, pa.float64() if kind == "numeric" else pa.string()))
         fields.append(pa.field(PREDICTION, pa.float64()))
         self.arrow_schema = pa.schema(fields)
+        # Parquet dictionaries only where values repeat (not ids, not continuous numbers).
+        self.dictionary_columns = ["model_name", "model_version", "endpoint"] + [
+            n for n in self.schema.names if self.schema.kinds[n] == "categorical"
+        ]
 
     @property
     def unflushed_rows(self) -> int:
@@ -1226,7 +1230,7 @@ class PayloadLogger:
         hour = (blocks[0].timestamp_us // _US_PER_HOUR) * _US_PER_HOUR
         uri = self.partition_uri(hour, t.version)
         started = time.perf_counter()
-        write_parquet(table, uri, self.store)
+        write_parquet(table, uri, self.store, use_dictionary=t.dictionary_columns)
         m = self.metrics
         lb = {"model": self.config.model_name, "version": t.version}
         m.write_seconds.labels(**lb).observe(time.perf_counter() - started)
