@@ -123,9 +123,10 @@ BATCH_RETRY_WAIT_S = 0.25
 ``BATCH_RETRY_MAX_WAIT_S``: about 15 s in all before the batch counts as ``send_failed``)."""
 BATCH_RETRY_MAX_WAIT_S = 2.0
 FORMATS = ("cloudevents", "arrow")
-ROWS_MAX_PER_POST = 16_384
+ROWS_MAX_PER_POST = 4_096
 """An Arrow rows post stops growing once it holds this many rows (a bigger inference goes
-alone); 16,384 rows of the demo model are about 1 MiB."""
+alone): about 250 KiB of the demo model, and a few milliseconds of encoding spread over the
+event loop (at 16,384 rows, 1,024-row binary traffic had a p99 of 2.3x its p50)."""
 ROWS_LINGER_S = 0.1
 """A rows post that is not full waits this long for more inferences: a post costs both sides
 a few dozen Arrow calls whatever its size, so posts of one inference each would cost more
