@@ -306,6 +306,45 @@ def test_predictor_batches_reach_the_logger_with_every_request_id(
 ) -> None:
     """``kfloop serve --logger-batch-events 64`` under 8 concurrent clients (v1, v2 JSON):
     the logger takes batches, and the Parquet holds exactly the request ids sent."""
+    logger, predictor, logs_root = start_logged_predictor(
+        built_model, store, settings, bucket, start_logger, tmp_path,
+        "--logger-batch-events", "64",
+    )  # fmt: skip
+    full = [r for r in sample_rows if None not in r.values()]  # v2 JSON: no nulls
+    rows = (full * (600 // len(full) + 1))[:600]
+    ids = [f"e2e-{i:05d}" for i in range(len(rows))]
+
+    def send(i: int) -> None:
+        url, body = infer_request(predictor.base, built_model, rows[i : i + 1], ids[i], i % 2 == 1)
+        response = session_post(url, body, ids[i])
+        assert response.status_code == 200, response.text
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, range(len(rows))))
+        text = wait_for_events(logger, 2 * len(rows))
+        batches = metric(text, "kfloop_logger_event_batches_total")
+        assert 0 < batches < 2 * len(rows)  # posted in batches, fewer posts than events
+        print(f"e2e: {2 * len(rows)} events in {batches:.0f} batch posts")
+    finally:
+        predictor.stop()
+    assert logger.terminate() == 0, logger.log()
+    table, _ = read_logs(store, f"{logs_root}/{MODEL_NAME}/{VERSION}/")
+    assert sorted(table["request_id"].to_pylist()) == ids
+    assert table["prediction"].null_count == 0
+
+
+def start_logged_predictor(
+    built_model: BuiltModel,
+    store: ObjectStore,
+    settings: Settings,
+    bucket: str,
+    start_logger: Any,
+    tmp_path: Path,
+    *predictor_args: str,
+) -> tuple[LoggerServer, Any, str]:
+    """The model published to the store, a ``kfloop logger`` of it (flushing at 256 rows) and
+    ``kfloop serve`` logging to it with ``predictor_args``: (logger, predictor, logs root)."""
     model_uri = f"s3://{bucket}/models/{MODEL_NAME}/{VERSION}/"
     store.put_dir(built_model.package, model_uri)
     logs_root = f"s3://{bucket}/logs"
@@ -316,56 +355,42 @@ def test_predictor_batches_reach_the_logger_with_every_request_id(
     predictor = start_predictor(
         model_uri,
         tmp_path / "predictor.log",
-        ["--logger-url", f"{logger.url}/", "--grpc-port", "0", "--logger-batch-events", "64"],
+        ["--logger-url", f"{logger.url}/", "--grpc-port", "0", *predictor_args],
         env={**os.environ, **settings.to_env()},
     )
-    full = [r for r in sample_rows if None not in r.values()]  # v2 JSON: no nulls
-    rows = (full * (600 // len(full) + 1))[:600]
-    ids = [f"e2e-{i:05d}" for i in range(len(rows))]
+    return logger, predictor, logs_root
 
-    def send(i: int) -> None:
-        row, rid = rows[i], ids[i]
-        if i % 2:
-            url = f"{predictor.base}/v1/models/{MODEL_NAME}:predict"
-            body: dict[str, Any] = {"instances": [row]}
-        else:
-            url = f"{predictor.base}/v2/models/{MODEL_NAME}/infer"
-            inputs = []
-            for name in built_model.names:
-                numeric = name in built_model.numeric
-                inputs.append(
-                    {
-                        "name": name,
-                        "shape": [1, 1],
-                        "datatype": "FP32" if numeric else "BYTES",
-                        "data": [row[name]],
-                    }
-                )
-            body = {"id": rid, "inputs": inputs}
-        response = session_post(url, body, rid)
-        assert response.status_code == 200, response.text
 
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(send, range(len(rows))))
-        deadline = time.monotonic() + 60
+def infer_request(
+    base: str, built_model: BuiltModel, batch: Sequence[dict[str, Any]], rid: str, v1: bool
+) -> tuple[str, dict[str, Any]]:
+    """URL and JSON body of a v1 (``instances``) or v2 (one ``[N, 1]`` tensor per input)
+    request of ``batch``."""
+    if v1:
+        return f"{base}/v1/models/{MODEL_NAME}:predict", {"instances": list(batch)}
+    inputs = [
+        {
+            "name": name,
+            "shape": [len(batch), 1],
+            "datatype": "FP32" if name in built_model.numeric else "BYTES",
+            "data": [r[name] for r in batch],
+        }
+        for name in built_model.names
+    ]
+    return f"{base}/v2/models/{MODEL_NAME}/infer", {"id": rid, "inputs": inputs}
+
+
+def wait_for_events(logger: LoggerServer, expected: int, seconds: float = 60) -> str:
+    """The logger's metrics once it has received ``expected`` events (asserted)."""
+    deadline = time.monotonic() + seconds
+    text = logger.metrics()
+    while time.monotonic() < deadline:
         text = logger.metrics()
-        while time.monotonic() < deadline:
-            text = logger.metrics()
-            got = metric(text, "kfloop_logger_events_received_total")
-            if got == 2 * len(rows):
-                break
-            time.sleep(0.2)
-        assert metric(text, "kfloop_logger_events_received_total") == 2 * len(rows)
-        batches = metric(text, "kfloop_logger_event_batches_total")
-        assert 0 < batches < 2 * len(rows)  # posted in batches, fewer posts than events
-        print(f"e2e: {2 * len(rows)} events in {batches:.0f} batch posts")
-    finally:
-        predictor.stop()
-    assert logger.terminate() == 0, logger.log()
-    table, _ = read_logs(store, f"{logs_root}/{MODEL_NAME}/{VERSION}/")
-    assert sorted(table["request_id"].to_pylist()) == ids
-    assert table["prediction"].null_count == 0
+        if metric(text, "kfloop_logger_events_received_total") == expected:
+            break
+        time.sleep(0.2)
+    assert metric(text, "kfloop_logger_events_received_total") == expected
+    return text
 
 
 _LOCAL = threading.local()

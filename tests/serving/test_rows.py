@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +40,14 @@ from kfloop.serving.rows import (
     encode_rows,
     feature_column,
 )
-from tests.serving.conftest import MODEL_NAME, BuiltModel, start_predictor
-from tests.serving.test_event_batches import session_post, start_logger  # noqa: F401
+from tests.serving.conftest import MODEL_NAME, BuiltModel
+from tests.serving.test_event_batches import (  # noqa: F401 - start_logger: the fixture
+    infer_request,
+    session_post,
+    start_logged_predictor,
+    start_logger,
+    wait_for_events,
+)
 from tests.serving.test_logger import (
     MODEL,
     VERSION,
@@ -402,21 +407,9 @@ def test_the_predictor_logs_every_request_as_rows(
     """``kfloop serve --logger-format arrow`` under 8 concurrent clients (v1, v2 JSON, one
     row and three rows): the logger takes rows posts of several inferences, and the Parquet
     holds exactly the request ids sent, with the values sent and the predictions answered."""
-    model_uri = f"s3://{bucket}/models/{MODEL_NAME}/{VERSION}/"
-    store.put_dir(built_model.package, model_uri)
-    logs_root = f"s3://{bucket}/logs"
-    logger = start_logger(
-        "--reference-profile", model_uri, "--model-name", MODEL_NAME, "--model-version", VERSION,
-        "--output", logs_root, "--flush-rows", "256", "--flush-seconds", "300",
-    )  # fmt: skip
-    predictor = start_predictor(
-        model_uri,
-        tmp_path / "predictor.log",
-        [
-            "--logger-url", f"{logger.url}/", "--grpc-port", "0",
-            "--logger-format", "arrow", "--logger-batch-events", "128",
-        ],
-        env={**os.environ, **settings.to_env()},
+    logger, predictor, logs_root = start_logged_predictor(
+        built_model, store, settings, bucket, start_logger, tmp_path,
+        "--logger-format", "arrow", "--logger-batch-events", "128",
     )  # fmt: skip
     full = [r for r in sample_rows if None not in r.values()]
     rows = (full * (300 // len(full) + 1))[:300]
@@ -425,40 +418,17 @@ def test_the_predictor_logs_every_request_as_rows(
 
     def send(i: int) -> None:
         batch = rows[i : i + 3] if i % 3 == 0 else rows[i : i + 1]
-        rid = ids[i]
-        if i % 2:
-            url = f"{predictor.base}/v1/models/{MODEL_NAME}:predict"
-            body: dict[str, Any] = {"instances": batch}
-        else:
-            url = f"{predictor.base}/v2/models/{MODEL_NAME}/infer"
-            inputs = []
-            for name in built_model.names:
-                numeric = name in built_model.numeric
-                inputs.append(
-                    {
-                        "name": name,
-                        "shape": [len(batch), 1],
-                        "datatype": "FP32" if numeric else "BYTES",
-                        "data": [r[name] for r in batch],
-                    }
-                )
-            body = {"id": rid, "inputs": inputs}
-        response = session_post(url, body, rid)
+        v1 = i % 2 == 1
+        url, body = infer_request(predictor.base, built_model, batch, ids[i], v1)
+        response = session_post(url, body, ids[i])
         assert response.status_code == 200, response.text
         out = response.json()
-        answers[rid] = out["predictions"] if i % 2 else out["outputs"][0]["data"]
+        answers[ids[i]] = out["predictions"] if v1 else out["outputs"][0]["data"]
 
     try:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(send, range(len(rows))))
-        deadline = time.monotonic() + 60
-        text = logger.metrics()
-        while time.monotonic() < deadline:
-            text = logger.metrics()
-            if metric(text, "kfloop_logger_events_received_total") == 2 * len(rows):
-                break
-            time.sleep(0.2)
-        assert metric(text, "kfloop_logger_events_received_total") == 2 * len(rows)
+        text = wait_for_events(logger, 2 * len(rows))
         posts = metric(text, "kfloop_logger_event_batches_total")
         assert 0 < posts < len(rows)  # several inferences per post
         print(f"e2e: {len(rows)} inferences in {posts:.0f} rows posts")

@@ -186,7 +186,7 @@ def parse_cloudevent(
                 "which pairs a request with its response",
             )
     else:
-        content_type = (lower.get("content-type") or "").split(";")[0].strip().lower()
+        content_type = media_type(lower.get("content-type"))
         if content_type != STRUCTURED_CONTENT_TYPE:
             raise EventError(
                 "bad_event",
@@ -252,11 +252,16 @@ def _inference_event(
     )
 
 
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` value, lower case, without parameters."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
 def is_batch(headers: Mapping[str, str]) -> bool:
     """Whether an HTTP post is in batched content mode (by its content type, any case)."""
     for key, value in headers.items():
         if key.lower() == "content-type":
-            return value.split(";")[0].strip().lower() == BATCH_CONTENT_TYPE
+            return media_type(value) == BATCH_CONTENT_TYPE
     return False
 
 

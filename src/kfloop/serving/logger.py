@@ -129,6 +129,7 @@ from kfloop.serving.events import (
     Violation,
     binary_attributes,
     is_batch,
+    media_type,
     parse_cloudevent,
     parse_cloudevent_batch,
 )
@@ -186,7 +187,7 @@ def _row_ids(ids: Sequence[str], counts: Sequence[int]) -> pa.Array:
     return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
 
 
-def _endpoints(blocks: Sequence[RowBlock], n: int) -> pa.Array:
+def _endpoints(blocks: Sequence[Block], n: int) -> pa.Array:
     """The endpoint column of ``blocks`` (``n`` rows)."""
     first = blocks[0].endpoint
     if all(b.endpoint == first for b in blocks):
@@ -1156,17 +1157,12 @@ class PayloadLogger:
         counts = np.concatenate([b.rows.counts for b in posts])
         stamps = np.repeat(np.concatenate([b.rows.times_us for b in posts]), counts)
         n = len(stamps)
-        endpoint = posts[0].endpoint
-        if all(b.endpoint == endpoint for b in posts):
-            endpoints = pa.repeat(pa.scalar(endpoint, pa.string()), n)
-        else:
-            endpoints = pa.array(_chain([[b.endpoint] * b.n for b in posts]), pa.string())
         arrays: list[pa.Array] = [
             _row_ids(ids, counts.tolist()),
             pa.repeat(pa.scalar(self.config.model_name, pa.string()), n),
             pa.repeat(pa.scalar(t.version, pa.string()), n),
             pa.array(stamps).cast(pa.timestamp("us", tz="UTC")),
-            endpoints,
+            _endpoints(posts, n),
         ]
         kinds = t.schema.kinds
         arrays += [feature_column(batches, name, kinds[name]) for name in t.schema.names]
@@ -1388,8 +1384,7 @@ class EventsFront:
             status, answer = service.handle_batch(body)
             await _answer(send, status, answer)
             return
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == ROWS_CONTENT_TYPE:
+        if media_type(headers.get("content-type")) == ROWS_CONTENT_TYPE:
             status, text = service.handle_rows(headers, body)
         else:
             status, text = service.handle(headers, body)

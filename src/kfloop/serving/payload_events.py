@@ -540,12 +540,7 @@ class PayloadEmitter:
             self.sent += 1
             self._sent[kind].inc()
             return
-        self.failed += 1
-        self._send_failed.inc()
-        now = time.monotonic()
-        if now - self._last_error_log > 10:
-            self._last_error_log = now
-            log.warning("payload logger %s did not take event %s: %s", self.url, event_id, reason)
+        self._not_taken(1, f"event {event_id}", reason)
 
     async def _deliver(self, poster: _Poster, head: bytes, content: bytes) -> tuple[bool, str]:
         """Post one event or batch; an answer of 429 or 503 (the logger's buffer is full, or
@@ -620,17 +615,7 @@ class PayloadEmitter:
             if len(kinds) > requests:
                 self._sent[RESPONSE_TYPE].inc(len(kinds) - requests)
             return
-        self.failed += len(events)
-        self._send_failed.inc(len(events))
-        now = time.monotonic()
-        if now - self._last_error_log > 10:
-            self._last_error_log = now
-            log.warning(
-                "payload logger %s did not take a batch of %d events: %s",
-                self.url,
-                len(events),
-                reason,
-            )
+        self._not_taken(len(events), f"a batch of {len(events)} events", reason)
 
     async def _sender(self, poster: _Poster) -> None:
         assert self._queue is not None
@@ -758,17 +743,16 @@ class PayloadEmitter:
             self._sent[REQUEST_TYPE].inc(len(items))
             self._sent[RESPONSE_TYPE].inc(len(items))
             return
-        self.failed += events
-        self._send_failed.inc(events)
+        self._not_taken(events, f"the rows of {len(items)} inferences", reason)
+
+    def _not_taken(self, count: int, what: str, reason: str) -> None:
+        """``count`` events the logger did not take (``what``, for the log, rate-limited)."""
+        self.failed += count
+        self._send_failed.inc(count)
         now = time.monotonic()
         if now - self._last_error_log > 10:
             self._last_error_log = now
-            log.warning(
-                "payload logger %s did not take the rows of %d inferences: %s",
-                self.url,
-                len(items),
-                reason,
-            )
+            log.warning("payload logger %s did not take %s: %s", self.url, what, reason)
 
     def _lost_to_bug(self, count: int) -> None:
         self.failed += count
