@@ -110,3 +110,50 @@ def test_a_window_smaller_than_the_new_rows_holds_what_adding_every_row_gives(
     assert logger.drift.prediction_drift() == every.prediction_drift()
     exposition = generate_latest(logger.metrics.registry).decode()
     assert 'kfloop_prediction_count{model="m",version="v1"} 6.0' in exposition  # every row
+
+
+def _numbered(blocks: list[RowBlock], k: int) -> list[RowBlock]:
+    return [
+        RowBlock(f"{b.request_id}{k}", b.timestamp_us, b.endpoint, b.n, b.columns, b.predictions)
+        for b in blocks
+    ]
+
+
+def test_rows_between_rate_limited_drift_updates_are_let_go_without_changing_the_result(
+    tmp_path: Path,
+) -> None:
+    """With updates at most every ``drift_min_seconds``, the rows that arrive in between are
+    trimmed to what the next update bins; it publishes what updating on every row count
+    gives, and the histogram still counts every prediction once."""
+    kwargs = {"window_rows": 4, "drift_every_rows": 2, "flush_rows": 1_000}
+    limited = PayloadLogger(
+        LoggerConfig("m", "v1", str(tmp_path), drift_min_seconds=3600, **kwargs),  # type: ignore[arg-type]
+        PROFILE,
+        ["age", "country"],
+    )
+    every = PayloadLogger(
+        LoggerConfig("m", "v1", str(tmp_path), drift_min_seconds=0, **kwargs),  # type: ignore[arg-type]
+        PROFILE,
+        ["age", "country"],
+    )
+    held = []
+    for k in range(40):
+        for block in _numbered(_blocks(), k):
+            for logger in (limited, every):
+                assert logger.target is not None
+                logger._add_blocks(logger.target, [block])
+            assert limited.target is not None
+            held.append(limited.target.drift_rows)
+    assert max(held) <= 2 * 4 + 2 + 3  # bounded: trimmed, never the 320 rows sent
+    assert limited.target is not None and limited.target.drift_rows > 0  # not published yet
+    limited.update_drift()
+    every.update_drift()
+    assert limited.drift.feature_drift() == every.drift.feature_drift()
+    assert limited.drift.prediction_drift() == every.drift.prediction_drift()
+    counts = [
+        line
+        for logger in (limited, every)
+        for line in generate_latest(logger.metrics.registry).decode().splitlines()
+        if line.startswith("kfloop_prediction_count")
+    ]
+    assert counts == ['kfloop_prediction_count{model="m",version="v1"} 240.0'] * 2
