@@ -413,8 +413,19 @@ def test_drift_gauges_rise_on_drifted_traffic(
             for ev in v2_pair(f"{prefix}-{i}", rows[i : i + 10], preds[i : i + 10], "binary"):
                 assert server.post(ev).status_code == 200
 
+    def metrics_once_counted(predictions: int) -> str:
+        """/metrics after the drift update that saw ``predictions`` rows (at most a second or
+        so after them: updates are at most once a second by default)."""
+        deadline = time.monotonic() + 15
+        while True:
+            text = server.metrics()
+            if metric(text, "kfloop_prediction_count") == predictions:
+                return text
+            assert time.monotonic() < deadline, text
+            time.sleep(0.1)
+
     send("in", *traffic(500, seed=7))
-    before = server.metrics()
+    before = metrics_once_counted(500)
     psi_before = metric(before, "kfloop_feature_psi", feature="credit_score")
     assert psi_before < 0.1, before
     for name in feature_names(model_dir):
@@ -426,7 +437,7 @@ def test_drift_gauges_rise_on_drifted_traffic(
     assert metric(before, "kfloop_prediction_count") == 500
 
     send("drift", *traffic(500, seed=8, drift={"mean_shift_stds": {"credit_score": 2.0}}))
-    after = server.metrics()
+    after = metrics_once_counted(1000)
     psi_after = metric(after, "kfloop_feature_psi", feature="credit_score")
     assert psi_after > 0.2, after
     assert metric(after, "kfloop_feature_js_divergence", feature="credit_score") > metric(

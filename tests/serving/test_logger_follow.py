@@ -117,6 +117,9 @@ def test_logger_follows_the_production_version(
     for eid, row, pred in zip(inflight, inflight_rows, inflight_preds, strict=True):
         assert server.post(v1_pair(eid, row, pred)[0]).status_code == 200
     v1_ids = send_pairs(server, "v1", *traffic(200, seed=32, drift=DRIFT))
+    wait_for(  # drift is published at most once a second
+        "v1 drift", lambda: metric(server.metrics(), "kfloop_prediction_count", version="v1") == 200
+    )
     text = server.metrics()
     psi_v1 = metric(text, "kfloop_feature_psi", version="v1", feature="credit_score")
     assert psi_v1 > 0.2, text
@@ -166,6 +169,9 @@ def test_logger_follows_the_production_version(
     retry = v2_pair("v1-0", inflight_rows[:1], inflight_preds[:1], "binary")[0]
     assert server.post(retry).status_code == 200
     v2_ids = send_pairs(server, "v2", *traffic(200, seed=34, drift=DRIFT))
+    wait_for(
+        "v2 drift", lambda: metric(server.metrics(), "kfloop_prediction_count", version="v2") == 200
+    )
     text = server.metrics()
     psi_v2 = metric(text, "kfloop_feature_psi", version="v2", feature="credit_score")
     print(f"\ncredit_score PSI of drifted traffic: vs v1 {psi_v1:.3f}, vs v2 {psi_v2:.3f}")

@@ -102,7 +102,8 @@ def send(
 
 
 def wait_received(logger: LoggerServer, requests_sent: int) -> str:
-    """/metrics once the logger received the request AND response event of every request."""
+    """/metrics once the logger received the request AND response event of every request and
+    published the drift of them (drift updates are at most once a second)."""
     deadline = time.monotonic() + WAIT_S
     text = ""
     while time.monotonic() < deadline:
@@ -110,7 +111,7 @@ def wait_received(logger: LoggerServer, requests_sent: int) -> str:
         got = [
             metric(text, "kfloop_logger_events_received_total", type=kind)
             for kind in ("request", "response")
-        ]
+        ] + [metric(text, "kfloop_prediction_count")]
         if all(g == requests_sent for g in got):
             return text
         time.sleep(0.2)

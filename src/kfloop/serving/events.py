@@ -53,6 +53,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -528,6 +529,16 @@ class FeatureSchema:
         names += [n for n in kinds if n not in names]
         return cls(tuple(names), kinds)
 
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Each feature's position."""
+        return {n: i for i, n in enumerate(self.names)}
+
+    @cached_property
+    def numeric(self) -> list[bool]:
+        """Whether each feature (in order) is numeric."""
+        return [self.kinds[n] == "numeric" for n in self.names]
+
 
 Violation = tuple[str, str]
 
@@ -558,8 +569,8 @@ class _Checker:
 
     def __init__(self, schema: FeatureSchema) -> None:
         self.schema = schema
-        self.index = {n: i for i, n in enumerate(schema.names)}
-        self.numeric = [schema.kinds[n] == "numeric" for n in schema.names]
+        self.index = schema.index
+        self.numeric = schema.numeric
         self.violations: list[Violation] = []
 
     def value(self, i: int, v: Any) -> Any:

@@ -1,9 +1,11 @@
 """The payload logger (``kfloop logger``): KServe CloudEvents in, Parquet and drift metrics out.
 
-An ASGI app (Starlette, served by uvicorn). ``POST /`` takes one CloudEvent per call, as the
-KServe agent sends them (binary or structured mode, see :mod:`kfloop.serving.events`), or a
-batch of them (see below); the request and response of an inference are paired by id and
-decoded into rows, which are buffered and written as Parquet to::
+An ASGI app (Starlette, served by uvicorn; ``POST /`` is answered in uvicorn's httptools
+protocol itself, :mod:`kfloop.serving.logger_http`). ``POST /`` takes one CloudEvent per
+call, as the KServe agent sends them (binary or structured mode, see
+:mod:`kfloop.serving.events`), or a batch of them (see below); the request and response of an
+inference are paired by id and decoded into rows, which are buffered and written as Parquet
+to::
 
     <output>/<model>/<version>/date=YYYY-MM-DD/hour=HH/<uuid>.parquet
 
@@ -1420,28 +1422,40 @@ class EventsFront:
                 return
             chunks.append(chunk)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if is_batch(headers):
-            status, answer = service.handle_batch(body)
-            await _answer(send, status, answer)
-            return
-        if media_type(headers.get("content-type")) == ROWS_CONTENT_TYPE:
-            status, text = service.handle_rows(headers, body)
-        else:
-            status, text = service.handle(headers, body)
-        if status == 200:
+        status, answer = take_post(service, headers, body)
+        if answer is None:
             await send({"type": "http.response.start", "status": 200, "headers": _EMPTY})
             await send({"type": "http.response.body", "body": b""})
             return
-        await _answer(send, status, {"error": text})
+        await _answer(send, status, answer)
 
 
 _EMPTY = [(b"content-length", b"0")]
 
 
+def take_post(
+    service: PayloadLogger, headers: Mapping[str, str], body: bytes
+) -> tuple[int, dict[str, Any] | None]:
+    """Hand the body of one ``POST /`` to ``service`` (an event, a batch or a rows post, by its
+    headers); returns the HTTP status and the JSON answer, None for an empty 200."""
+    if is_batch(headers):
+        return service.handle_batch(body)
+    if media_type(headers.get("content-type")) == ROWS_CONTENT_TYPE:
+        status, text = service.handle_rows(headers, body)
+    else:
+        status, text = service.handle(headers, body)
+    return (200, None) if status == 200 else (status, {"error": text})
+
+
+def answer_body(answer: dict[str, Any]) -> bytes:
+    """A JSON answer's bytes."""
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 async def _answer(
     send: Any, status: int, answer: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+    body = answer_body(answer)
     headers = [_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
     if status in (429, 503):
         headers.append(_RETRY_AFTER)
@@ -1627,9 +1641,12 @@ def logger_main(argv: list[str] | None = None) -> int:
             pointer_uri(models_root, config.model_name),
             config.output,
         )
+    from kfloop.serving.logger_http import events_protocol
+
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(service),
+            http=events_protocol(service),
             host=args.host,
             port=args.port,
             log_level=args.log_level,
