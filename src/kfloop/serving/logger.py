@@ -268,7 +268,10 @@ class LoggerConfig:
         model_version: Model version (path, ``model_version`` column, metric label); may be
             empty with ``follow_production`` (the production pointer names it).
         output: Root of the logs: ``s3://bucket[/prefix]`` or a local folder.
-        flush_rows: Write when this many rows are buffered.
+        flush_rows: Write when this many rows are buffered. Each file costs a fixed few
+            milliseconds (Parquet footer, upload, checksum): at 10,000 rows a file took 1.6 us
+            of CPU per row into SeaweedFS, at 50,000 0.8 us, and readers prefer fewer, larger
+            files. Slow streams are written by age (``flush_seconds``) anyway.
         flush_seconds: Write rows that have waited this long.
         max_buffered_rows: Answer 429 above this many unwritten rows (buffer, writes in
             flight, half-pairs).
@@ -295,7 +298,7 @@ class LoggerConfig:
     model_name: str
     model_version: str
     output: str
-    flush_rows: int = 10_000
+    flush_rows: int = 50_000
     flush_seconds: float = 60.0
     max_buffered_rows: int = 100_000
     window_rows: int = 10_000
