@@ -25,7 +25,10 @@ with a ``kfloop-off`` run right beside it (off first in even rounds, second in o
 the cost of logging is one minus the median of those pairs' throughput ratios: a slow
 spell then hits both sides of a ratio instead of one server's total (on such a machine the
 same server measured 261, 165 and 195 req/s in one run's three rounds). The cost over all
-rounds' totals is printed beside it. Then the logger alone: wrk posts
+rounds' totals is printed beside it. After each logging-on run the benchmark waits until that
+run's rows are written (the benchmark's loggers flush after 1 s) and the logger is idle, so
+that its Parquet and drift work falls on that run and its CPU count, not on the next
+server's run. Then the logger alone: wrk posts
 binary-mode CloudEvents (request and response of unique ids) for a bounded time; events/s,
 CPU per event (``/proc/<pid>/stat``) and, after SIGTERM, the rows in the store against what
 the logger accepted (zero loss).
@@ -631,6 +634,10 @@ def start_logger(
         output,
         "--log-level",
         "warning",
+        # Rows are written within about a second of arriving, so that the benchmark can wait
+        # for a run's rows to be in the store (settle) and charge their writing to that run.
+        "--flush-seconds",
+        "1",
     ]
     command = python_call("kfloop.serving.logger", "logger_main", args)
     return start_server(name, command, port, "/readyz", workdir, env)
@@ -809,8 +816,9 @@ def run(
         }
         for name, srv in by_name.items():
             run_wrk(srv.base + infer, scripts[name], warmup)
-        for srv in predictors.values():
+        for name, srv in predictors.items():
             drain(srv)  # the warm-up's events are not this case's
+            settle(loggers[name])
         runs: dict[str, list[WrkResult]] = {name: [] for name in by_name}
         events = {name: {"sent": 0.0, "dropped": 0.0, "cpu": 0.0} for name in predictors}
 
@@ -830,6 +838,7 @@ def run(
             result = run_wrk(srv.base + infer, scripts[name], seconds)
             runs[name].append(result)
             drain(srv)  # the logger's work on this run's events is counted here
+            settle(logger)
             after, cpu1 = scrape(srv), logger.cpu_seconds()
             for key in ("sent", "dropped"):
                 family = f"kfloop_payload_events_{key}_total"
@@ -913,7 +922,7 @@ def run(
     script = logger_events_script(root, workdir, "run")
     before_text, cpu0 = scrape(logger), logger.cpu_seconds()
     result = run_wrk(logger.base + "/", script, seconds)
-    time.sleep(1.0)  # the writer thread finishes the files of the last flush
+    settle(logger)  # the run's rows written (their Parquet counted in the CPU)
     cpu1, after_text = logger.cpu_seconds(), scrape(logger)
     labels = {"model": MODEL_NAME, "version": "v1"}
     rec_req = metric(after_text, "kfloop_logger_events_received_total", type="request", **labels)
@@ -1002,6 +1011,22 @@ def run(
 
 
 SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on", "kfloop-batch", "kfloop-arrow")
+
+
+def settle(logger: Server) -> float:
+    """Wait until ``logger`` has written every row it took (half-pairs still waiting for their
+    other half aside) and is idle; returns the seconds waited. A run's logging work (decoding,
+    drift, Parquet, upload) is then charged to that run, not to whichever server runs next."""
+    started = time.monotonic()
+    while time.monotonic() - started < DRAIN_TIMEOUT_S:
+        text = scrape(logger)
+        waiting = metric(text, "kfloop_logger_unflushed_rows")
+        half_pairs = metric(text, "kfloop_logger_pending_events")
+        cpu0 = logger.cpu_seconds()
+        time.sleep(0.25)
+        if waiting <= half_pairs and logger.cpu_seconds() - cpu0 < 0.025:
+            break
+    return time.monotonic() - started
 
 
 def drain(server: Server) -> float:
