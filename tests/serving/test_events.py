@@ -356,3 +356,51 @@ def test_a_block_reads_back_row_by_row_with_indexed_ids() -> None:
         ("b:1", [3.0, None, "FR"], None),
     ]
     assert ("prediction", "row_count_mismatch") in result.violations
+
+
+class _Tensor(dict):  # type: ignore[type-arg]
+    """A v2 input that is not exactly a ``dict``: decoded by the general path only."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ages=st.lists(_VALUES, min_size=1, max_size=3),
+    countries=st.data(),
+    nested=st.booleans(),
+    shape=st.sampled_from(["n,1", "n", "n,True", "n+1,1", "1.0,1", "none"]),
+)
+def test_v2_tensors_decode_as_the_general_path_and_values_as_checked(
+    ages: list[object], countries: st.DataObject, nested: bool, shape: str
+) -> None:
+    """The usual-tensor fast path and the one-row shortcut only skip work: any data and shape
+    give the general path's columns and violations (or its error), and a one-row value is what
+    checking it gives."""
+    n = len(ages)
+    country_values = countries.draw(st.lists(_VALUES, min_size=n, max_size=n))
+    shapes = {
+        "n,1": [n, 1], "n": [n], "n,True": [n, True], "n+1,1": [n + 1, 1], "1.0,1": [1.0, 1],
+        "none": None,
+    }  # fmt: skip
+
+    def tensor(name: str, values: list[object]) -> dict[str, object]:
+        t: dict[str, object] = {"name": name, "data": [[v] for v in values] if nested else values}
+        if shapes[shape] is not None:
+            t["shape"] = shapes[shape]
+        return t
+
+    def decode(kind: type) -> object:
+        inputs = [kind(tensor("age", ages)), kind(tensor("country", country_values))]
+        try:
+            d = decode_request({"inputs": inputs}, SCHEMA)
+        except EventError as exc:
+            return str(exc)
+        return d.columns, sorted(d.violations), [[type(v) for v in c] for c in d.columns]
+
+    fast = decode(dict)
+    assert fast == decode(_Tensor)
+    values = [*ages, *country_values]
+    if n == 1 and not isinstance(fast, str) and not any(isinstance(v, list) for v in values):
+        checker = _Checker(SCHEMA)
+        expected = [[checker.value(0, ages[0])], [None], [checker.value(2, country_values[0])]]
+        assert fast[0] == expected  # type: ignore[index]
+        assert fast[1] == sorted(checker.violations)  # type: ignore[index]

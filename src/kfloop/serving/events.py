@@ -723,7 +723,12 @@ def _check_columns(
         if given is None:
             out.append([None] * rows)
         elif rows == 1:
-            out.append([check.value(i, given[0])])
+            v = given[0]
+            kind = type(v)
+            if kind is float if check.numeric[i] else (kind is str and v):
+                out.append([v])  # what check.value gives, without the call
+            else:
+                out.append([check.value(i, v)])
         else:
             out.append(check.column(i, given))
     return out, rows
@@ -731,8 +736,28 @@ def _check_columns(
 
 def _v2_columns(inputs: list[Any], check: _Checker, where: str) -> dict[str, list[Any]]:
     width = len(check.schema.names)
+    index = check.index
     columns: dict[str, list[Any]] = {}
     for t in inputs:
+        # The usual tensor first: a feature's flat data of shape [n, 1] or [n] (what the
+        # general path below gives for it, for a fifth of the cost of a 1-row request).
+        if type(t) is dict:
+            name, data, shape = t.get("name"), t.get("data"), t.get("shape")
+            if (
+                type(name) is str
+                and name in index
+                and type(data) is list
+                and type(shape) is list
+                and (not data or type(data[0]) is not list)
+                and (
+                    (len(shape) == 2 and type(shape[0]) is int and shape[1] == 1)
+                    or (len(shape) == 1 and type(shape[0]) is int)
+                )
+                and shape[0] == len(data)
+                and type(shape[-1]) is int
+            ):
+                columns[name] = data
+                continue
         if not isinstance(t, dict) or "name" not in t or "data" not in t:
             raise EventError(
                 "bad_payload", f"{where}: each v2 input needs 'name', 'shape', 'datatype', 'data'"

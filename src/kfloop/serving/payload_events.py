@@ -81,6 +81,7 @@ import re
 import ssl
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -145,6 +146,9 @@ EVENTS_DROPPED = Counter(
     ["reason"],
 )
 QUEUE_DEPTH = Gauge("kfloop_payload_events_queued", "CloudEvents waiting to be posted.")
+# Read when scraped, not set on every emit (a gauge update per inference showed in profiles).
+_EMITTERS: weakref.WeakSet[PayloadEmitter] = weakref.WeakSet()
+QUEUE_DEPTH.set_function(lambda: float(sum(e.queued_events for e in list(_EMITTERS))))
 
 
 @dataclass(frozen=True)
@@ -393,6 +397,7 @@ class PayloadEmitter:
         binary["datacontenttype"] = "application/octet-stream"
         self._structured_binary_head = orjson.dumps(binary)[:-1] + b',"metadata":'
         self._queue: asyncio.Queue[_Item] | None = None
+        _EMITTERS.add(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._posters: list[_Poster] = []
         self._last_error_log = 0.0
@@ -430,6 +435,11 @@ class PayloadEmitter:
                 self._tasks.append(task)
         return self._queue
 
+    @property
+    def queued_events(self) -> int:
+        """Events waiting to be posted (both events of each queued inference)."""
+        return 0 if self._queue is None else 2 * self._queue.qsize()
+
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         self._sender_ended = True  # the next emit starts another (checked once, not per task)
 
@@ -457,7 +467,6 @@ class PayloadEmitter:
             return event_id
         queue.put_nowait((event_id, request_body, response_body, time.time()))
         self._pending += 2
-        QUEUE_DEPTH.set(2 * queue.qsize())
         return event_id
 
     @property
@@ -641,7 +650,6 @@ class PayloadEmitter:
                 finally:
                     self._pending -= 2
                     queue.task_done()
-                    QUEUE_DEPTH.set(2 * queue.qsize())
                 continue
             first = await queue.get() if carry is None else None
             taken = 1  # queue items this batch accounts for (the carry's, or ``first``)
@@ -665,7 +673,6 @@ class PayloadEmitter:
                 self._pending -= 2 * taken
                 for _ in range(taken):
                     queue.task_done()
-                QUEUE_DEPTH.set(2 * queue.qsize())
 
     async def _send_rows(self, poster: _Poster, queue: asyncio.Queue[_Item]) -> None:
         """Post the next queued inference and whatever else is queued (up to
@@ -703,7 +710,6 @@ class PayloadEmitter:
             self._pending -= 2 * len(items)
             for _ in items:
                 queue.task_done()
-            QUEUE_DEPTH.set(2 * queue.qsize())
 
     async def _post_rows(self, poster: _Poster, items: list[RowsItem]) -> None:
         events = 2 * len(items)
