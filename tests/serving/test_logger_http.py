@@ -157,8 +157,14 @@ def test_too_large_bodies_are_refused_and_the_connection_goes_on(
         for event in (request, response):  # the same connection takes the next posts
             sock.sendall(request_bytes(event))
             assert read_response(f)[0] == 200
+    sock, f = connect(server)
+    with sock, f:  # through uvicorn's ASGI cycle (Expect: 100-continue): the same answer
+        sock.sendall(request_bytes(big, extra={"Expect": "100-continue"}, body=False))
+        status, _, body = read_response(f)
+        assert status == 413
+        assert json.loads(body)["error"] == "body of 5000 bytes is over the limit of 2000"
     text = server.metrics()
-    assert metric(text, "kfloop_logger_events_rejected_total", reason="too_large") == 2
+    assert metric(text, "kfloop_logger_events_rejected_total", reason="too_large") == 3
     assert metric(text, "kfloop_logger_events_received_total", type="request") == 1
     assert server.terminate() == 0, server.log()
     assert logged(tmp_path / "logs").column("request_id").to_pylist() == ["fits"]

@@ -1405,9 +1405,7 @@ class EventsFront:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            service.metrics.reject("too_large")
-            message = f"body of {length} bytes is over the limit of {limit}"
-            await _answer(send, 413, {"error": message})
+            await _answer(send, 413, too_large(service, length))
             return
         chunks: list[bytes] = []
         size = 0
@@ -1420,8 +1418,7 @@ class EventsFront:
             more = message.get("more_body", False)
             size += len(chunk)
             if size > limit:
-                service.metrics.reject("too_large")
-                await _answer(send, 413, {"error": f"body is over the limit of {limit} bytes"})
+                await _answer(send, 413, too_large(service))
                 return
             chunks.append(chunk)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -1448,6 +1445,16 @@ def take_post(
     else:
         status, text = service.handle(headers, body)
     return (200, None) if status == 200 else (status, {"error": text})
+
+
+def too_large(service: PayloadLogger, length: str | None = None) -> dict[str, Any]:
+    """Count a body over ``max_body_bytes`` (its ``content-length``, when it came first) and
+    return the 413 answer."""
+    service.metrics.reject("too_large")
+    limit = service.config.max_body_bytes
+    if length is not None:
+        return {"error": f"body of {length} bytes is over the limit of {limit}"}
+    return {"error": f"body is over the limit of {limit} bytes"}
 
 
 def answer_body(answer: dict[str, Any]) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kfloop.serving.logger import PayloadLogger, answer_body, take_post
+from kfloop.serving.logger import PayloadLogger, answer_body, take_post, too_large
 
 _OK_EMPTY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
 
@@ -92,11 +92,7 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
             for name, value in self.headers:
                 if name == b"content-length":
                     if value.isdigit() and int(value) > limit:
-                        service.metrics.reject("too_large")
-                        size = value.decode()
-                        self._answer_early(
-                            {"error": f"body of {size} bytes is over the limit of {limit}"}
-                        )
+                        self._answer_early(too_large(service, value.decode()))
                     break
 
         def on_body(self, body: bytes) -> None:
@@ -107,10 +103,8 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
             if self._post_answered:
                 return
             self._post_size += len(body)
-            limit = service.config.max_body_bytes
-            if self._post_size > limit:
-                service.metrics.reject("too_large")
-                self._answer_early({"error": f"body is over the limit of {limit} bytes"})
+            if self._post_size > service.config.max_body_bytes:
+                self._answer_early(too_large(service))
                 post.clear()
                 return
             post.append(body)
