@@ -1,4 +1,5 @@
-"""The logger's prediction histogram, fed arrays, exposes what prometheus_client's own does."""
+"""The logger's own collectors (the prediction histogram fed arrays, the lock-free event
+counter) expose what prometheus_client's Histogram and Counter do."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from kfloop.serving.logger import BulkHistogram
+from kfloop.serving.logger import BulkHistogram, TallyCounter
 
 BOUNDS = [0.1, 0.25, 0.5, 0.75, 0.9]
 
@@ -43,3 +44,23 @@ def test_array_observations_expose_the_same_series_as_one_by_one() -> None:
     text = "\n".join(series)
     assert 'p_count{model="m",version="v1"} 5007.0' in text  # 5,000 + 5 bounds + 2 finite
     assert 'p_bucket{le="0.5",model="m",version="v1"}' in text
+
+
+def test_tally_counter_exposes_the_same_series_as_a_counter() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    labels = ("model", "version", "type")
+    tally = TallyCounter("events", "events taken", labels, ours)
+    reference = Counter("events", "events taken", labels, registry=theirs)
+    steps = [("v1", "request", 1), ("v1", "response", 3), ("v1", "request", 1), ("v2", "x", 0)]
+    for version, kind, n in steps:
+        tally.labels(model="m", version=version, type=kind).inc(n)
+        reference.labels(model="m", version=version, type=kind).inc(n)
+
+    def exposition(registry: CollectorRegistry) -> tuple[list[str], list[str]]:
+        lines = generate_latest(registry).decode().splitlines()
+        created = sorted(line.rsplit(" ", 1)[0] for line in lines if "_created{" in line)
+        return sorted(line for line in lines if "_created" not in line), created
+
+    # the same lines, and a created time for the same series (times differ by microseconds)
+    assert exposition(ours) == exposition(theirs)
+    assert 'events_total{model="m",type="request",version="v1"} 2.0' in exposition(ours)[0]

@@ -157,7 +157,7 @@ def binary_attributes(lower: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_cloudevent(
-    headers: Mapping[str, str], body: bytes | str, use_sdk: bool = False
+    headers: Mapping[str, str], body: bytes | str, use_sdk: bool = False, *, lowercase: bool = False
 ) -> InferenceEvent:
     """Parse one HTTP-delivered CloudEvent (binary or structured mode).
 
@@ -170,6 +170,7 @@ def parse_cloudevent(
         headers: HTTP request headers (any case).
         body: the raw HTTP body.
         use_sdk: parse binary mode with the SDK as well.
+        lowercase: the header names are already lower case (as uvicorn and ASGI give them).
 
     Raises:
         EventError: ``no_id`` (no or empty ``ce-id`` / ``id``), ``bad_event`` (not a
@@ -177,7 +178,7 @@ def parse_cloudevent(
             ``unknown_type`` (not an inference request or response), ``bad_payload`` (the
             data is not JSON).
     """
-    lower = {k.lower(): v for k, v in headers.items()}
+    lower = headers if lowercase else {k.lower(): v for k, v in headers.items()}
     binary = "ce-specversion" in lower
     if binary:
         if not (lower.get("ce-id") or "").strip():

@@ -69,8 +69,21 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
         _closing = False
 
         def on_message_begin(self) -> None:
-            super().on_message_begin()
+            # What uvicorn's on_message_begin resets for the parser callbacks; its ASGI scope
+            # is built only for a message that goes to uvicorn (_to_uvicorn).
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers: list[tuple[bytes, bytes]] = []
             self._post = None
+
+        def _to_uvicorn(self) -> None:
+            """Build the message's ASGI scope as uvicorn does at the message's start, keeping
+            what the parser callbacks collected since, and let uvicorn go on with it."""
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.expect_100_continue = url, expect
+            self.headers.extend(headers)  # the list the scope holds
+            super().on_headers_complete()
 
         def on_headers_complete(self) -> None:
             parser = self.parser
@@ -82,7 +95,7 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
                 or self.pipeline
                 or (self.cycle is not None and not self.cycle.response_complete)
             ):
-                super().on_headers_complete()
+                self._to_uvicorn()
                 return
             self._post = []
             self._post_size = 0
@@ -116,6 +129,7 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
                 return
             self._post = None
             if not self._post_answered:
+                # uvicorn's on_header gives the names in lower case, as take_post wants them
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
                 body = post[0] if len(post) == 1 else b"".join(post)
                 status, answer = take_post(service, headers, body)
