@@ -230,6 +230,16 @@ def _predictions(blocks: Sequence[Block]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float64, copy=False)
 
 
+def _feature_values(blocks: Sequence[RowBlock], width: int) -> list[list[Any]]:
+    """Each of the ``width`` features' values over ``blocks``, one list per feature, taken
+    apart by C-level iteration (``zip``, ``chain``) rather than a Python call per block and
+    feature."""
+    if len(blocks) == 1:
+        return [blocks[0].feature(i) for i in range(width)]
+    per_block = [b.columns if b.columns is not None else [[None] * b.n] * width for b in blocks]
+    return [list(itertools.chain.from_iterable(lists)) for lists in zip(*per_block, strict=True)]
+
+
 def _chain(lists: Sequence[list[Any]]) -> list[Any]:
     """One list of the lists' items (the lists themselves when there is only one)."""
     if len(lists) == 1:
@@ -1210,10 +1220,10 @@ class PayloadLogger:
         row_blocks = [b for b in with_features if isinstance(b, RowBlock)]
         posts = [b for b in with_features if isinstance(b, TableBlock)]
         if row_blocks:
+            names = target.schema.names
+            values = _feature_values(row_blocks, len(names))
             columns: dict[str, Any] = {
-                name: _chain([b.feature(i) for b in row_blocks])
-                for i, name in enumerate(target.schema.names)
-                if name in drift.windows
+                name: values[i] for i, name in enumerate(names) if name in drift.windows
             }
             drift.add_features(columns)
         if posts:
@@ -1284,9 +1294,10 @@ class PayloadLogger:
             pa.array(np.repeat(stamps, counts)).cast(pa.timestamp("us", tz="UTC")),
             _endpoints(blocks, n),
         ]
-        for i, name in enumerate(t.schema.names):
+        names = t.schema.names
+        for name, values in zip(names, _feature_values(blocks, len(names)), strict=True):
             typ = pa.float64() if t.schema.kinds[name] == "numeric" else pa.string()
-            arrays.append(pa.array(_chain([b.feature(i) for b in blocks]), typ))
+            arrays.append(pa.array(values, typ))
         preds = _chain([b.prediction_values() for b in blocks])
         arrays.append(pa.array(preds, pa.float64()))
         return pa.Table.from_arrays(arrays, schema=t.arrow_schema)
