@@ -259,14 +259,6 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def is_batch(headers: Mapping[str, str]) -> bool:
-    """Whether an HTTP post is in batched content mode (by its content type, any case)."""
-    for key, value in headers.items():
-        if key.lower() == "content-type":
-            return media_type(value) == BATCH_CONTENT_TYPE
-    return False
-
-
 def _structured_event(envelope: dict[str, Any], where: str) -> InferenceEvent:
     """One structured-mode event given as a JSON object, checked as the SDK's ``from_http``
     checks a structured post (specversion 1.0; id, source and type present; ``data`` or

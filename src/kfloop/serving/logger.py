@@ -510,7 +510,7 @@ class TallyCounter(Collector):
         key = tuple(str(labels[name]) for name in self.labelnames)
         child = self._children.get(key)
         if child is None:
-            child = self._children.setdefault(key, Tally())
+            child = self._children[key] = Tally()
         return child
 
     def _family(self) -> CounterMetricFamily:
