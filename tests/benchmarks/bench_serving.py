@@ -32,11 +32,11 @@ A/A control: the cost it reads is the method's own noise (20 pairs of 2 s of the
 ranged from -41 % to +34 % as a cost on the 2-core VM, their median 2 %), hence many short
 rounds by default. After each logging-on run the benchmark waits until that run's rows are
 written (the benchmark's loggers flush after 1 s) and the logger is idle, so that its Parquet
-and drift work falls on that run and its CPU count, not on the next server's run. Then the
-logger alone: wrk posts
-binary-mode CloudEvents (request and response of unique ids) for a bounded time; events/s,
-CPU per event (``/proc/<pid>/stat``) and, after SIGTERM, the rows in the store against what
-the logger accepted (zero loss).
+and drift work falls on that run and its CPU count, not on the next server's run; and every
+measured run starts on a quiet machine (``quiet``: SeaweedFS storing the files, write-back).
+Then the logger alone: wrk posts binary-mode CloudEvents (request and response of unique ids)
+for a bounded time; events/s, CPU per event (``/proc/<pid>/stat``) and, after SIGTERM, the
+rows in the store against what the logger accepted (zero loss).
 
 Run: ``make bench``, or ``.venv-serving/bin/python tests/benchmarks/bench_serving.py``
 (``--model-dir DIR`` reuses a folder written by ``tests/serving/model_factory.py``; else the
@@ -74,6 +74,12 @@ CONNECTIONS = 8
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 120.0
+QUIET_BUSY = 0.10
+"""A measured run starts once the machine's CPUs were busy less than this share (all CPUs,
+iowait counted as busy) over :data:`QUIET_WINDOW_S`: the previous run's aftermath (SeaweedFS
+storing a logger's files, write-back) otherwise fell on whichever server ran next."""
+QUIET_WINDOW_S = 0.2
+QUIET_MAX_S = 15.0
 PIPELINE_PYTHON = REPO / ".venv" / "bin" / "python"
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -837,14 +843,17 @@ def run(
             settle(loggers[name])
         runs: dict[str, list[WrkResult]] = {name: [] for name in by_name}
         events = {name: {"sent": 0.0, "dropped": 0.0, "cpu": 0.0} for name in predictors}
+        waits = dict.fromkeys(by_name, 0.0)  # seconds waited for a quiet machine, per server
 
         def load(
             name: str,
             scripts: dict[str, Path] = scripts,
             runs: dict[str, list[WrkResult]] = runs,
             events: dict[str, dict[str, float]] = events,
+            waits: dict[str, float] = waits,
         ) -> WrkResult:
             srv = by_name[name]
+            waits[name] += quiet()
             if name not in predictors:
                 result = run_wrk(srv.base + infer, scripts[name], seconds)
                 runs[name].append(result)
@@ -899,7 +908,8 @@ def run(
                 f"  {name:<12} {payload.name:<22} {result.rps:>9.0f} req/s "
                 f"{row.rows_per_s:>11.0f} rows/s  p50 {result.p50_ms:6.2f} ms  "
                 f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx} errors {result.errors}"
-                f"  (rounds: {spread} req/s)" + (f"  {note}" if note else ""),
+                f"  (rounds: {spread} req/s; waited {waits[name]:.1f} s for a quiet machine)"
+                + (f"  {note}" if note else ""),
                 flush=True,
             )
 
@@ -1044,6 +1054,28 @@ def spread_of(ratios: Sequence[float]) -> str:
     else:
         middle = ""
     return middle + "pairs " + ", ".join(f"{c:.0f}%" for c in costs)
+
+
+def cpu_busy_idle() -> tuple[int, int]:
+    """Jiffies of all CPUs since boot: (busy, idle), iowait counted as busy."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3]
+    return sum(fields[:8]) - idle, idle
+
+
+def quiet() -> float:
+    """Wait until the machine is quiet (:data:`QUIET_BUSY`), at most :data:`QUIET_MAX_S`;
+    returns the seconds waited."""
+    started = time.monotonic()
+    busy0, idle0 = cpu_busy_idle()
+    while time.monotonic() - started < QUIET_MAX_S:
+        time.sleep(QUIET_WINDOW_S)
+        busy1, idle1 = cpu_busy_idle()
+        total = (busy1 - busy0) + (idle1 - idle0)
+        if total > 0 and (busy1 - busy0) / total < QUIET_BUSY:
+            break
+        busy0, idle0 = busy1, idle1
+    return time.monotonic() - started
 
 
 def settle(logger: Server) -> float:
