@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kfloop.core.errors import ConfigError
 from kfloop.serving.batcher import DynamicBatcher
@@ -23,11 +25,13 @@ from kfloop.serving.payload_events import (
     event_headers,
 )
 from kfloop.serving.signature import (
+    BytesFramingError,
     Signature,
     SignatureError,
     TensorHeader,
     check_v2_headers,
     decode_binary,
+    split_bytes,
     v1_columns,
     v2_column,
 )
@@ -162,6 +166,59 @@ def test_binary_bytes_tensors_decode_to_strings_and_name_the_bad_row() -> None:
         decode_binary("plan", "BYTES", _framed(b"a") + b"\x01")
     column = v2_column(SIG.inputs[1], decode_binary("plan", "BYTES", _framed(b"x", b"")), 2)
     assert column.reshape(-1).tolist() == ["x", ""]
+
+
+def _split_reference(raw: bytes) -> list[str]:
+    """The framing rules, element by element: the general path of split_bytes."""
+    items: list[str] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BytesFramingError(len(items), offset, None)
+        length = int.from_bytes(raw[offset : offset + 4], "little")
+        if offset + 4 + length > len(raw):
+            raise BytesFramingError(len(items), offset, length)
+        try:
+            items.append(raw[offset + 4 : offset + 4 + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BytesFramingError(len(items), offset, length, utf8=True) from None
+        offset += 4 + length
+    return items
+
+
+def _outcome(raw: bytes) -> Any:
+    try:
+        return split_bytes(raw)
+    except BytesFramingError as exc:
+        return ("error", exc.index, exc.offset, exc.length, exc.utf8)
+
+
+def _reference_outcome(raw: bytes) -> Any:
+    try:
+        return _split_reference(raw)
+    except BytesFramingError as exc:
+        return ("error", exc.index, exc.offset, exc.length, exc.utf8)
+
+
+_ELEMENT = st.one_of(st.text(max_size=12), st.text(alphabet="abcDE01", max_size=300))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    elements=st.lists(_ELEMENT, max_size=12),
+    cut=st.integers(min_value=0, max_value=4000),
+    tail=st.binary(max_size=6),
+    junk=st.binary(max_size=40),
+)
+def test_split_bytes_matches_the_element_by_element_rules(
+    elements: list[str], cut: int, tail: bytes, junk: bytes
+) -> None:
+    framed = _framed(*(e.encode() for e in elements))
+    assert split_bytes(framed) == elements
+    # cut short, with bytes after, or not framed at all: the same elements or the same error
+    # (index, offset, length, UTF-8) as the element-by-element rules, ASCII or not
+    for raw in (framed[:cut], framed[:cut] + tail, junk, framed + junk):
+        assert _outcome(raw) == _reference_outcome(raw)
 
 
 # -- the dynamic batcher, on the real model --------------------------------------------------------
