@@ -413,7 +413,7 @@ def split_bytes(raw: bytes) -> list[str]:
 
     All ASCII (short length prefixes and ASCII text, as category codes are), the tensor is
     decoded once and each element sliced from it, with no decode per element (1,024 short
-    elements: 575 -> 405 us).
+    elements, fastest of six runs: 337 -> 284 us).
 
     Raises:
         BytesFramingError: the framing does not hold (see there).
@@ -421,18 +421,8 @@ def split_bytes(raw: bytes) -> list[str]:
     items: list[str] = []
     append, length_at = items.append, _BYTES_LENGTH.unpack_from
     offset, end = 0, len(raw)
-    if raw.isascii():  # no element can fail to decode: only the framing is checked
-        text = raw.decode("ascii")
-        while offset < end:
-            if offset + 4 > end:
-                raise BytesFramingError(len(items), offset, None)
-            length = length_at(raw, offset)[0]
-            stop = offset + 4 + length
-            if stop > end:
-                raise BytesFramingError(len(items), offset, length)
-            append(text[offset + 4 : stop])
-            offset = stop
-        return items
+    # All ASCII, no element can fail to decode: each is a slice of one decoded str.
+    text = raw.decode("ascii") if raw.isascii() else None
     while offset < end:
         if offset + 4 > end:
             raise BytesFramingError(len(items), offset, None)
@@ -440,10 +430,13 @@ def split_bytes(raw: bytes) -> list[str]:
         stop = offset + 4 + length
         if stop > end:
             raise BytesFramingError(len(items), offset, length)
-        try:
-            append(raw[offset + 4 : stop].decode())
-        except UnicodeDecodeError:
-            raise BytesFramingError(len(items), offset, length, utf8=True) from None
+        if text is not None:
+            append(text[offset + 4 : stop])
+        else:
+            try:
+                append(raw[offset + 4 : stop].decode())
+            except UnicodeDecodeError:
+                raise BytesFramingError(len(items), offset, length, utf8=True) from None
         offset = stop
     return items
 
