@@ -30,7 +30,9 @@ rounds' totals is printed beside it, and the middle half of the pairs' costs.
 ``kfloop-off2``, a second logging-off server paired with ``kfloop-off`` the same way, is the
 A/A control: the cost it reads is the method's own noise (20 pairs of 2 s of the same server
 ranged from -41 % to +34 % as a cost on the 2-core VM, their median 2 %), hence many short
-rounds by default. After each logging-on run the benchmark waits until that run's rows are
+rounds by default; a control far from 0 % says the shared ``kfloop-off`` reference is itself
+off in that case (it read -12 % and -15 % at 1,024 JSON rows in two runs).
+After each logging-on run the benchmark waits until that run's rows are
 written (the benchmark's loggers flush after 1 s) and the logger is idle, so that its Parquet
 and drift work falls on that run and its CPU count, not on the next server's run; and every
 measured run starts on a quiet machine (``quiet``: SeaweedFS storing the files, write-back).
