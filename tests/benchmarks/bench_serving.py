@@ -78,8 +78,9 @@ STOP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 120.0
 QUIET_BUSY = 0.10
 """A measured run starts once the machine's CPUs were busy less than this share (all CPUs,
-iowait counted as busy) over :data:`QUIET_WINDOW_S`: the previous run's aftermath (SeaweedFS
-storing a logger's files, write-back) otherwise fell on whichever server ran next."""
+iowait counted as busy; or what the idle servers keep busy plus 5 points, when that is more)
+over :data:`QUIET_WINDOW_S`: the previous run's aftermath (SeaweedFS storing a logger's
+files, write-back) otherwise fell on whichever server ran next."""
 QUIET_WINDOW_S = 0.2
 QUIET_MAX_S = 15.0
 PIPELINE_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -674,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=10,
         help="rounds per case; each round loads every server once, in a rotated order "
-        "(kfloop-off once beside each logging-on server)",
+        "(kfloop-off once beside each logging-on server and the A/A control)",
     )
     parser.add_argument("--warmup", type=int, default=2, help="wrk warm-up per case")
     parser.add_argument(
