@@ -8,7 +8,8 @@ server in its own process, all of them up at once and loaded one at a time:
 - ``kserve-min``  (a) a minimal custom ``kserve.Model`` on the same ``model.onnx``, kserve's
   defaults, no validation, no batching;
 - ``kfloop-off``  ``kfloop serve`` without payload logging (and ``kfloop-off2``, the same
-  again: the A/A control below);
+  again: the A/A control below, and one more, ``<name>-off``, beside each logging-on server:
+  its partner in the pairs below);
 - ``kfloop-on``   ``kfloop serve`` with payload logging to a running ``kfloop logger`` that
   writes Parquet to SeaweedFS (the local stack), one CloudEvent per post (as the KServe agent);
 - ``kfloop-batch`` the same with ``--logger-batch-events 64`` (``--batch-events``): queued
@@ -22,16 +23,17 @@ a round loads every server once, in an order rotated from round to round, so tha
 spell of a shared machine falls on every server alike rather than on whichever ran then (on
 a 2-core VM the same run varied by half from one minute to the next); throughput is the
 total over the rounds, p50/p99 the median of the rounds'. Each logging-on run is paired
-with a ``kfloop-off`` run right beside it (off first in even rounds, second in odd ones), and
-the cost of logging is one minus the median of those pairs' throughput ratios: a slow
-spell then hits both sides of a ratio instead of one server's total (on such a machine the
-same server measured 261, 165 and 195 req/s in one run's three rounds). The cost over all
-rounds' totals is printed beside it, and the middle half of the pairs' costs.
-``kfloop-off2``, a second logging-off server paired with ``kfloop-off`` the same way, is the
-A/A control: the cost it reads is the method's own noise (20 pairs of 2 s of the same server
-ranged from -41 % to +34 % as a cost on the 2-core VM, their median 2 %), hence many short
-rounds by default; a control far from 0 % says the shared ``kfloop-off`` reference is itself
-off in that case (it read -12 % and -15 % at 1,024 JSON rows in two runs).
+with a run of its own logging-off partner right beside it (off first in even rounds, second
+in odd ones), and the cost of logging is one minus the median of those pairs' throughput
+ratios: a slow spell then hits both sides of a ratio instead of one server's total (on such
+a machine the same server measured 261, 165 and 195 req/s in one run's three rounds). The
+cost over all rounds' totals is printed beside it, and the middle half of the pairs' costs.
+``kfloop-off2``, paired with ``kfloop-off`` the same way, is the A/A control: the cost it
+reads is the method's own noise (20 pairs of 2 s of the same server ranged from -41 % to
++34 % as a cost on the 2-core VM, their median 2 %), hence many short rounds by default.
+Every pair's two servers serve the same load: when one shared ``kfloop-off`` was the
+partner of every logging-on server and of the control (four times anyone else's load), the
+control read -12 % and -15 % at 1,024 JSON rows in two runs, a biased reference.
 After each logging-on run the benchmark waits until that run's rows are
 written (the benchmark's loggers flush after 1 s) and the logger is idle, so that its Parquet
 and drift work falls on that run and its CPU count, not on the next server's run; and every
@@ -675,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=10,
         help="rounds per case; each round loads every server once, in a rotated order "
-        "(kfloop-off once beside each logging-on server and the A/A control)",
+        "(each logging-on server and the A/A control right beside its logging-off partner)",
     )
     parser.add_argument("--warmup", type=int, default=2, help="wrk warm-up per case")
     parser.add_argument(
@@ -791,10 +793,12 @@ def run(
     servers.append(control)
 
     # kfloop, logging on, into a running logger: one event per post (as the KServe agent),
-    # and CloudEvents batches (--logger-batch-events)
+    # and CloudEvents batches (--logger-batch-events); each beside a logging-off partner of
+    # its own, so that both sides of its pairs serve the same load
     loggers: dict[str, Server] = {}
     outputs: dict[str, str] = {}
     predictors: dict[str, Server] = {}
+    partners: dict[str, Server] = {CONTROL: off_srv}
     for name, extra in (
         ("kfloop-on", []),
         ("kfloop-batch", ["--logger-batch-events", str(args.batch_events)]),
@@ -810,12 +814,18 @@ def run(
         )
         predictors[name] = start_server(name, cmd, port, "/v2/health/ready", workdir)
         servers.append(predictors[name])
+        port, grpc = free_port(), free_port()
+        partners[name] = start_server(
+            partner_of(name), predictor_args(port, grpc), port, "/v2/health/ready", workdir
+        )
+        servers.append(partners[name])
     by_name = {
         "floor": floor,
         "kserve-min": baseline,
         "kfloop-off": off_srv,
         CONTROL: control,
         **predictors,
+        **{partner_of(name): partners[name] for name in predictors},
     }
     # What every server idling at once keeps busy: a quiet machine is at most a little above.
     idle_share = busy_share(2.0)
@@ -837,7 +847,7 @@ def run(
             for name, srv in by_name.items()
             if name != "floor"
         }
-        for name in ("kfloop-off", CONTROL, *predictors):
+        for name in [kfloop for kfloop in by_name if kfloop not in ("floor", "kserve-min")]:
             worst = max(
                 abs(x - y) for x, y in zip(answers[name], answers["kserve-min"], strict=True)
             )
@@ -882,19 +892,20 @@ def run(
             events[name]["cpu"] += cpu1 - cpu0
             return result
 
-        # Each logging-on run is paired with a logging-off run right beside it (off first in
-        # even rounds, second in odd ones); the cost of logging is read from those pairs.
+        # Each logging-on run is paired with a run of its logging-off partner right beside it
+        # (off first in even rounds, second in odd ones); the cost of logging is read from
+        # those pairs.
         units: list[tuple[str, ...]] = [("floor",), ("kserve-min",)]
-        units += [("kfloop-off", name) for name in (*predictors, CONTROL)]
+        units += [(partners[name].name, name) for name in (*predictors, CONTROL)]
         for turn in range(rounds):
             for unit in units[turn % len(units) :] + units[: turn % len(units)]:
                 if len(unit) == 1:
                     load(unit[0])
                     continue
-                name = unit[1]
+                off_name, name = unit
                 first, second = unit if turn % 2 == 0 else unit[::-1]
                 a, b = load(first), load(second)
-                on_run, off_run = (b, a) if first == "kfloop-off" else (a, b)
+                on_run, off_run = (b, a) if first == off_name else (a, b)
                 pair_ratios[(name, payload.name)].append(
                     on_run.rps / off_run.rps if off_run.rps else 0.0
                 )
@@ -948,7 +959,7 @@ def run(
             f"{0 if batches != batches else batches:.0f}; logger refused: {refused_text or 'none'}",
             flush=True,
         )
-    for srv in (floor, baseline, off_srv, control):
+    for srv in (floor, baseline, control, *partners.values()):  # kfloop-off among the partners
         srv.stop()
 
     # the logger alone
@@ -1008,7 +1019,7 @@ def run(
     print("\ntargets:")
     all_ok = True
     for payload in payloads:
-        off, base = get("kfloop-off", payload), get("kserve-min", payload)
+        base = get("kserve-min", payload)
         pairs = pair_ratios[(CONTROL, payload.name)]
         print(
             f"  ----  {payload.name + ' A/A control':<30} {'same server twice, as a cost':<38} "
@@ -1020,7 +1031,8 @@ def run(
             ratio = on.result.rps / base.result.rps if base.result.rps else 0.0
             pairs = pair_ratios[(server, payload.name)]
             cost = 1 - statistics.median(pairs)
-            overall = 1 - on.result.rps / off.result.rps if off.result.rps else 1.0
+            partner = get(partner_of(server), payload)
+            overall = 1 - on.result.rps / partner.result.rps if partner.result.rps else 1.0
             tail = on.result.p99_ms / on.result.p50_ms if on.result.p50_ms else float("inf")
             lost = dropped_by_case.get((server, payload.name), 0)
             mode = {"kfloop-on": "single", "kfloop-batch": "batched", "kfloop-arrow": "arrow"}
@@ -1054,6 +1066,11 @@ def run(
 
 SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on", "kfloop-batch", "kfloop-arrow")
 CONTROL = "kfloop-off2"
+
+
+def partner_of(name: str) -> str:
+    """The logging-off server whose runs are paired with ``name``'s (the same load)."""
+    return "kfloop-off" if name == CONTROL else f"{name}-off"
 
 
 def spread_of(ratios: Sequence[float]) -> str:
