@@ -107,6 +107,34 @@ def test_posts_in_turn_and_pipelined_are_answered_in_order_and_logged(
     assert table.column("prediction").null_count == 0
 
 
+def test_a_busy_connection_outlives_the_keep_alive_timeout_after_pipelined_posts(
+    start_logger: Any, tmp_path: Path, model_dir: Path
+) -> None:
+    """Posts pipelined in one read each armed a keep-alive timer and only the last was
+    cancelled by the next read: 5 s (uvicorn's keep-alive timeout) after a burst the logger
+    closed a connection that was never idle for more than 0.3 s."""
+    server = start_logger(*base_args(str(model_dir), str(tmp_path / "logs")))
+    sock, f = connect(server)
+    ids = []
+    with sock, f:
+        burst = [e for i in range(4) for e in pair(f"burst-{i}", i)]
+        sock.sendall(b"".join(request_bytes(e) for e in burst))
+        assert [read_response(f)[0] for _ in burst] == [200] * len(burst)
+        deadline = time.monotonic() + 6.5  # past the 5 s keep-alive timeout
+        n = 0
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            ids.append(f"late-{n}")
+            for event in pair(ids[-1], 100 + n):
+                sock.sendall(request_bytes(event))
+                status, headers, _ = read_response(f)
+                assert status == 200 and "connection" not in headers
+            n += 1
+    assert server.terminate() == 0, server.log()
+    table = logged(tmp_path / "logs")
+    assert set(ids) <= set(table.column("request_id").to_pylist())
+
+
 def test_http_1_0_is_answered_then_closed_and_expect_100_continue_is_honoured(
     start_logger: Any, tmp_path: Path, model_dir: Path
 ) -> None:

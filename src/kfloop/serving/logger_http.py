@@ -138,6 +138,9 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
             if not self._keep_alive or self._closing:
                 self.transport.close()
             elif not self.transport.is_closing():
+                # Pipelined posts end several messages in one read: one timer, the last
+                # one's (an earlier one left running closed a busy connection 5 s later).
+                self._unset_keepalive_if_required()
                 self.timeout_keep_alive_task = self.loop.call_later(
                     self.timeout_keep_alive, self.timeout_keep_alive_handler
                 )
