@@ -1,12 +1,14 @@
 """PayloadEmitter's own HTTP posting against a real loopback server (no kserve import).
 
-The senders keep one HTTP/1.1 connection each; these tests make the server close connections,
-answer errors, go away, and send ids that would break a header, and count what arrived.
+The senders keep one HTTP/1.1 connection each and pipeline the events on it; these tests make
+the server close connections (politely or not, in the middle of a pipeline), answer errors,
+hang, go away, and send ids that would break a header, and count what arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from kfloop.core.errors import ConfigError
 from kfloop.local.process import free_port
 from kfloop.serving.payload_events import (
     REQUEST_TYPE,
@@ -99,16 +102,18 @@ def test_control_characters_in_an_id_cannot_inject_a_header(sink: Sink) -> None:
         assert body
 
 
-def test_a_refused_event_is_posted_again_until_taken(sink: Sink) -> None:
-    """429/503 (the logger's buffer is full, or it restarts) is not a loss: one event at a
-    time, as the agent posts, the event goes again after a back-off and is delivered."""
+@pytest.mark.parametrize("pipeline", [64, 1])
+def test_a_refused_event_is_posted_again_until_taken(sink: Sink, pipeline: int) -> None:
+    """429/503 (the logger's buffer is full, or it restarts) is not a loss: the refused
+    events go again after a back-off and are delivered, each once, pipelined or not."""
     sink.refuse_first = 3
-    emitter = PayloadEmitter(sink.url, IDENTITY, senders=1)
+    emitter = PayloadEmitter(sink.url, IDENTITY, senders=1, pipeline_events=pipeline)
     assert asyncio.run(_emit_all(emitter, ["r1", "r2"])) == 0
     assert (emitter.sent, emitter.failed) == (4, 0)
-    delivered = [(h["ce-id"], h["ce-type"]) for h in [h for h, _ in sink.posts][3:]]
-    assert delivered == [(i, t) for i in ("r1", "r2") for t in (REQUEST_TYPE, RESPONSE_TYPE)]
-    assert [h["ce-id"] for h, _ in sink.posts[:3]] == ["r1", "r1", "r1"]  # the same event
+    posts = [(h["ce-id"], h["ce-type"]) for h, _ in sink.posts]
+    every = [(i, t) for i in ("r1", "r2") for t in (REQUEST_TYPE, RESPONSE_TYPE)]
+    assert sorted(posts[3:]) == sorted(every)  # each taken once
+    assert set(posts[:3]) <= set(posts[3:])  # the refused ones again
 
 
 def test_error_answers_and_a_missing_logger_are_counted_not_raised(sink: Sink) -> None:
@@ -120,3 +125,137 @@ def test_error_answers_and_a_missing_logger_are_counted_not_raised(sink: Sink) -
     nobody = PayloadEmitter(f"http://127.0.0.1:{free_port()}/", IDENTITY, senders=2, timeout=2)
     assert asyncio.run(_emit_all(nobody, ["n1", "n2", "n3"])) == 0
     assert (nobody.sent, nobody.failed) == (0, 6)
+
+
+# -- pipelining, against a server on raw sockets ---------------------------------------------------
+
+
+@dataclass
+class RawSink:
+    """A loopback HTTP/1.1 server that reads whatever has arrived every ``pause`` seconds
+    and answers the complete requests in it, in order: so a pipeline reaches it whole."""
+
+    pause: float = 0.05
+    answer_at_most: int = 0  # per connection, then close without a word (0: no limit)
+    silent: bool = False  # read, never answer
+    url: str = ""
+    taken: list[str] = field(default_factory=list)  # ce-id/ce-type of each answered post
+    most_at_once: int = 0  # most complete requests found unanswered on one connection
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _requests(buffer: bytes) -> tuple[list[dict[str, str]], bytes]:
+    """The complete requests at the start of ``buffer`` (their headers) and the rest."""
+    found = []
+    while (end := buffer.find(b"\r\n\r\n")) >= 0:
+        lines = buffer[:end].decode("latin-1").split("\r\n")[1:]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        size = end + 4 + int(headers.get("content-length", "0"))
+        if len(buffer) < size:
+            break
+        found.append(headers)
+        buffer = buffer[size:]
+    return found, buffer
+
+
+@pytest.fixture
+def raw_sink() -> Iterator[RawSink]:
+    state = RawSink()
+    listener = socket.create_server(("127.0.0.1", 0))
+    state.url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        buffer, answered = b"", 0
+        with conn:
+            while not stop.is_set():
+                stop.wait(state.pause)
+                conn.settimeout(0.01)
+                try:
+                    while chunk := conn.recv(1 << 16):
+                        buffer += chunk
+                except TimeoutError:
+                    pass
+                except OSError:
+                    return
+                requests, buffer = _requests(buffer)
+                if not requests or state.silent:
+                    continue
+                with state.lock:
+                    state.most_at_once = max(state.most_at_once, len(requests))
+                for headers in requests:
+                    if state.answer_at_most and answered == state.answer_at_most:
+                        conn.close()  # no answer, no "connection: close": a crash
+                        return
+                    with state.lock:
+                        state.taken.append(f"{headers['ce-id']}/{headers['ce-type']}")
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    answered += 1
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with state.lock:
+                state.connections += 1
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield state
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def _every_event(ids: list[str]) -> list[str]:
+    return sorted(f"{i}/{t}" for i in ids for t in (REQUEST_TYPE, RESPONSE_TYPE))
+
+
+@pytest.mark.parametrize(("depth", "most"), [(16, 16), (1, 1)])
+def test_events_go_pipelined_up_to_the_depth_on_one_connection(
+    raw_sink: RawSink, depth: int, most: int
+) -> None:
+    """Each event is its own post (the agent's headers), written with the others queued,
+    at most ``pipeline_events`` unanswered at once; 1 posts one at a time."""
+    emitter = PayloadEmitter(raw_sink.url, IDENTITY, senders=1, pipeline_events=depth)
+    ids = [f"p-{i}" for i in range(40)]
+    assert asyncio.run(_emit_all(emitter, ids)) == 0
+    assert (emitter.sent, emitter.failed, emitter.dropped) == (80, 0, 0)
+    assert sorted(raw_sink.taken) == _every_event(ids)
+    assert raw_sink.most_at_once == most
+    assert raw_sink.connections == 1
+
+
+def test_a_connection_that_dies_in_a_pipeline_loses_no_event(raw_sink: RawSink) -> None:
+    """The server answers 5 posts of a connection and closes it with the rest of the
+    pipeline unread (a crash: no ``connection: close``); the unanswered posts go again on a
+    new connection, and every event is taken exactly once."""
+    raw_sink.answer_at_most = 5
+    emitter = PayloadEmitter(raw_sink.url, IDENTITY, senders=1, pipeline_events=16)
+    ids = [f"d-{i}" for i in range(20)]
+    assert asyncio.run(_emit_all(emitter, ids)) == 0
+    assert (emitter.sent, emitter.failed) == (40, 0)
+    assert sorted(raw_sink.taken) == _every_event(ids)
+    assert raw_sink.connections >= 40 // 5
+
+
+def test_a_logger_that_never_answers_costs_the_events_after_the_timeout(
+    raw_sink: RawSink,
+) -> None:
+    raw_sink.silent = True
+    emitter = PayloadEmitter(raw_sink.url, IDENTITY, senders=1, timeout=0.5)
+    assert asyncio.run(_emit_all(emitter, ["s1", "s2", "s3"])) == 0
+    assert (emitter.sent, emitter.failed, emitter.dropped) == (0, 6, 0)
+
+
+def test_emitter_pipeline_option_is_checked() -> None:
+    identity = EventIdentity("m")
+    for bad in (0, 1001, True, 2.5):
+        with pytest.raises(ConfigError, match="logger_pipeline_events"):
+            PayloadEmitter("http://x/", identity, pipeline_events=bad)  # type: ignore[arg-type]
+    assert PayloadEmitter("http://x/", identity, pipeline_events=8).pipeline_depth == 8

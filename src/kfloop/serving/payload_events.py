@@ -37,13 +37,20 @@ counts them
 (:class:`_Connection`: asyncio transport, answers parsed by ``httptools``, uvicorn's parser)
 and post the events concurrently, the request head built from bytes prepared once (only
 ``ce-id``, ``ce-type`` and ``ce-time`` vary): about 30 us of CPU per post where aiohttp's
-client took about 100 us, which is what payload logging costs the predictor per event; a
-post answered 429 or 503 (the logger's buffer is full, or it restarts) is posted again, up to
-``BATCH_RETRIES`` times, ``Retry-After``-like waits apart (the queue absorbs the meantime;
-past it, events are dropped as ``queue_full``; the logger writes a re-posted id once, as it
-does for the agent's retries); another failed post is logged (rate-limited) and counted
-(``reason="send_failed"``), a body that cannot be encoded is counted as
-``reason="encode_failed"``; nothing is retried in the request path.
+client took about 100 us. Each event is still its own post, but a sender takes the next
+inference and whatever else is queued (up to ``pipeline_events``, ``--logger-pipeline-events``,
+default 64, and ``BATCH_MAX_BYTES`` per write) and writes all their posts at once, reading
+the answers as they come, in order (HTTP/1.1 pipelining, which every HTTP/1.1 server must
+take; on a new connection the first post goes alone, the rest once an answer said
+keep-alive): one write and a few reads per burst instead of a round trip per event. The posts
+a connection left unanswered when it closed or broke go again on a new one (the logger writes
+an id once, so one it took before the break is not written twice). 1 posts one event at a
+time, as the agent's Go client does. A post answered 429 or 503 (the logger's buffer is full,
+or it restarts) is posted again, up to ``BATCH_RETRIES`` times, ``Retry-After``-like waits
+apart (the queue absorbs the meantime; past it, events are dropped as ``queue_full``; the
+logger writes a re-posted id once, as it does for the agent's retries); another failed post
+is logged (rate-limited) and counted (``reason="send_failed"``), a body that cannot be
+encoded is counted as ``reason="encode_failed"``; nothing is retried in the request path.
 
 Batched delivery (``batch_max_events`` > 1, ``--logger-batch-events``; off by default, when
 the predictor posts exactly what the agent posts): each sender takes the next queued event and
@@ -82,7 +89,7 @@ import ssl
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -113,6 +120,7 @@ DEFAULT_TIMEOUT_S = 5.0
 # ~2,000 batch-1 req/s, 4 senders dropped half the events (queue full), 8 a quarter, 16 none.
 DEFAULT_SENDERS = 16
 DEFAULT_BATCH_EVENTS = 1
+DEFAULT_PIPELINE_EVENTS = 64
 MAX_BATCH_EVENTS = 1000
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 BATCH_MAX_BYTES = 2**20
@@ -213,39 +221,72 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to the logger; one request at a time."""
+    """One keep-alive HTTP/1.1 connection to the logger: :meth:`exchange` writes one or more
+    requests at once (pipelined) and waits for their answers, which come in order."""
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[int] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.statuses: list[int] = []  # the answers so far of the current exchange
+        self.expected = 0
+        self.why = ""  # why the current exchange ended short
         self.closed = False
+        self.keeps_alive = False  # an answer said so: requests may be pipelined
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; both have write/close.
         self.transport = cast(asyncio.Transport, transport)
 
+    async def exchange(self, messages: Sequence[bytes], timeout: float) -> list[int]:
+        """Write ``messages`` (whole HTTP requests) in one go and return the statuses of the
+        answers that came, in order: all of them, or fewer if the connection closed, failed
+        or ``timeout`` seconds passed first (:attr:`why` says which; the connection is then
+        closed)."""
+        assert self.transport is not None
+        self.statuses, self.expected, self.why = [], len(messages), ""
+        if self.closed or self.transport.is_closing():  # closing, not yet told it is lost
+            self.why = "the logger closed the connection"
+            self.close()
+            return self.statuses
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._end, "timed out")
+        try:
+            self.transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
+            await waiter
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            timer.cancel()
+        if len(self.statuses) < len(messages):
+            self.close()
+        return self.statuses
+
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ConnectionError(f"unreadable answer: {exc}"))
+            self.close()
+            self._end(f"unreadable answer: {exc}")
 
     def on_message_complete(self) -> None:  # httptools callback
-        status = int(self.parser.get_status_code())
-        if not self.parser.should_keep_alive():
+        self.statuses.append(int(self.parser.get_status_code()))
+        self.keeps_alive = self.parser.should_keep_alive()
+        if not self.keeps_alive:
             self.close()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(status)
+        if len(self.statuses) >= self.expected:
+            self._end("")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(ConnectionResetError("the logger closed the connection"))
+        self._end("the logger closed the connection")
 
-    def _fail(self, exc: Exception) -> None:
-        self.close()
+    def _end(self, why: str) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
+            self.why = why
+            self.waiter.set_result(None)
 
     def close(self) -> None:
         self.closed = True
@@ -256,8 +297,9 @@ class _Connection(asyncio.Protocol):
 class _Poster:
     """Posts to one URL over one reused :class:`_Connection` (re-opened when closed)."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, depth: int = 1) -> None:
         parts = urlsplit(url)
+        self.depth = depth  # most requests in flight at once (HTTP/1.1 pipelining)
         self.host = parts.hostname or "localhost"
         self.https = parts.scheme == "https"
         self.port = parts.port or (443 if self.https else 80)
@@ -270,27 +312,50 @@ class _Poster:
         self._conn: _Connection | None = None
 
     async def post(self, head: bytes, body: bytes) -> int:
-        """HTTP status of one post; a reused connection the server had closed is retried
-        once on a new one. Raises OSError/ConnectionError/TimeoutError."""
-        for attempt in range(2):
+        """HTTP status of one post (``head``: the headers after the host, blank line
+        included). Raises ConnectionError/OSError/TimeoutError when it got no answer."""
+        statuses, why = await self.post_many([self.head + head + body])
+        if not statuses[0]:
+            raise ConnectionError(why)
+        return statuses[0]
+
+    async def post_many(self, messages: Sequence[bytes]) -> tuple[list[int], str]:
+        """The HTTP status of each of ``messages`` (whole requests, from
+        :meth:`request_line` on), 0 for one that got no answer, and why not.
+
+        They go pipelined on the one connection (HTTP/1.1, answers in order), up to
+        ``depth`` at once, once an answer on it has said keep-alive; on a new connection the
+        first goes alone. The messages a
+        closed or failed connection left unanswered are posted again on a new one as long as
+        the last connection answered any, and once more when a reused connection answered
+        none (the server had closed it while idle): a message the logger may have taken
+        before the connection broke can reach it twice (it writes an id once)."""
+        statuses = [0] * len(messages)
+        start, why, stale_retry = 0, "", True
+        while start < len(messages):
             conn = self._conn
             fresh = conn is None or conn.closed
             if fresh:
-                conn = await self._connect()
-            if conn is None or conn.transport is None:
-                raise ConnectionError("no connection to the payload logger")
-            loop = asyncio.get_running_loop()
-            conn.waiter = loop.create_future()
-            conn.transport.write(self.head + head + body)
-            try:
-                return await asyncio.wait_for(conn.waiter, self.timeout)
-            except ConnectionResetError:
-                if fresh or attempt:
-                    raise
-            except BaseException:
-                conn.close()
-                raise
-        raise AssertionError("unreachable")
+                try:
+                    conn = await self._connect()
+                except (OSError, TimeoutError) as exc:
+                    return statuses, f"{type(exc).__name__}: {exc or 'timed out'}"
+            assert conn is not None
+            end = min(len(messages), start + self.depth) if conn.keeps_alive else start + 1
+            got = await conn.exchange(messages[start:end], self.timeout)
+            statuses[start : start + len(got)] = got
+            start += len(got)
+            if start < end:  # the connection closed, failed or timed out
+                why = conn.why
+                if not got and (fresh or not stale_retry):
+                    break
+                stale_retry = stale_retry and bool(got)
+        return statuses, why
+
+    @property
+    def request_line(self) -> bytes:
+        """What every message to this URL starts with: the request line and ``host``."""
+        return self.head
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -344,6 +409,7 @@ class PayloadEmitter:
         senders: int = DEFAULT_SENDERS,
         batch_max_events: int = DEFAULT_BATCH_EVENTS,
         payload_format: str = "cloudevents",
+        pipeline_events: int = DEFAULT_PIPELINE_EVENTS,
     ) -> None:
         if payload_format not in FORMATS:
             raise ConfigError(
@@ -364,6 +430,15 @@ class PayloadEmitter:
                 "logger_batch_events",
                 f"must be an integer in [1, {MAX_BATCH_EVENTS}], got {batch_max_events!r}",
             )
+        if (
+            isinstance(pipeline_events, bool)
+            or not isinstance(pipeline_events, int)
+            or not 1 <= pipeline_events <= MAX_BATCH_EVENTS
+        ):
+            raise ConfigError(
+                "logger_pipeline_events",
+                f"must be an integer in [1, {MAX_BATCH_EVENTS}], got {pipeline_events!r}",
+            )
         self.url = url
         self.identity = identity
         self.queue_size = queue_size
@@ -371,6 +446,9 @@ class PayloadEmitter:
         self.senders = senders
         self.batch_max_events = batch_max_events
         self.payload_format = payload_format
+        # Whole inferences (both events) per pipelined write; 1 event: one post at a time.
+        self.pipeline_items = max(1, pipeline_events // 2)
+        self.pipeline_depth = pipeline_events
         self._collecting = asyncio.Lock()
         self._sender_ended = False
         self._headers = _static_headers(identity)
@@ -426,7 +504,7 @@ class PayloadEmitter:
             loop = asyncio.get_running_loop()
             self._tasks = [t for t in self._tasks if not t.done()]
             while len(self._tasks) < self.senders:
-                poster = _Poster(self.url, self.timeout)
+                poster = _Poster(self.url, self.timeout, self.pipeline_depth)
                 self._posters.append(poster)
                 task = loop.create_task(
                     self._sender(poster), name=f"kfloop-payload-events-{len(self._tasks)}"
@@ -509,10 +587,12 @@ class PayloadEmitter:
             log.warning("payload event %s not logged: cannot encode the body: %s", event_id, exc)
             return None
 
-    async def _post(self, poster: _Poster, kind: str, event_id: str, body: Any, at: float) -> None:
+    def _message(self, kind: str, event_id: str, body: Any, at: float) -> bytes | None:
+        """One event as a whole HTTP request after the request line and host (None: its body
+        cannot be encoded, counted)."""
         content = self._encode(event_id, body)
         if content is None:
-            return
+            return None
         # A header value cannot hold control characters (a client-chosen id could).
         safe_id = _CONTROL.sub("_", event_id)
         if isinstance(body, BinaryBody):
@@ -530,7 +610,7 @@ class PayloadEmitter:
             )
         else:
             static = self._static_head
-        head = b"".join(
+        return b"".join(
             (
                 static,
                 b"ce-id: ",
@@ -542,18 +622,56 @@ class PayloadEmitter:
                 b"\r\ncontent-length: ",
                 str(len(content)).encode("ascii"),
                 b"\r\n\r\n",
+                content,
             )
         )
-        ok, reason = await self._deliver(poster, head, content)
-        if ok:
-            self.sent += 1
-            self._sent[kind].inc()
-            return
-        self._not_taken(1, f"event {event_id}", reason)
+
+    async def _post_events(self, poster: _Poster, items: Sequence[_Item]) -> None:
+        """Post each event of ``items`` alone (as the agent does), pipelined on the sender's
+        connection; an event answered 429 or 503 is posted again as :meth:`_deliver` does."""
+        messages: list[bytes] = []
+        events: list[tuple[str, str]] = []  # (type, id) of each message
+        for event_id, request_body, response_body, at in items:
+            for kind, body in ((REQUEST_TYPE, request_body), (RESPONSE_TYPE, response_body)):
+                try:
+                    message = self._message(kind, event_id, body, at)
+                except Exception:  # a bug must cost its event, counted, not the others
+                    self._lost_to_bug(1)
+                    continue
+                if message is not None:
+                    messages.append(message)
+                    events.append((kind, event_id))
+        line = poster.request_line
+        sent = {REQUEST_TYPE: 0, RESPONSE_TYPE: 0}
+        pending = list(range(len(messages)))
+        for attempt in range(BATCH_RETRIES + 1):
+            if not pending:
+                break
+            if attempt:  # the logger asked to wait (429/503): the same backoff as a batch
+                wait = BATCH_RETRY_WAIT_S * 2 ** (attempt - 1)
+                await asyncio.sleep(min(BATCH_RETRY_MAX_WAIT_S, wait))
+            answers: list[tuple[int, int, str]] = []  # (message, status, why not)
+            for chunk in _chunks(pending, [len(m) for m in messages], BATCH_MAX_BYTES):
+                statuses, why = await poster.post_many([line + messages[i] for i in chunk])
+                answers += [(i, status, why) for i, status in zip(chunk, statuses, strict=True)]
+            again = []
+            for i, status, why in answers:
+                kind, event_id = events[i]
+                if 200 <= status < 300:
+                    sent[kind] += 1
+                elif status in (429, 503) and attempt < BATCH_RETRIES:
+                    again.append(i)
+                else:
+                    self._not_taken(1, f"event {event_id}", f"HTTP {status}" if status else why)
+            pending = again
+        for kind, count in sent.items():
+            if count:
+                self.sent += count
+                self._sent[kind].inc(count)
 
     async def _deliver(self, poster: _Poster, head: bytes, content: bytes) -> tuple[bool, str]:
-        """Post one event or batch; an answer of 429 or 503 (the logger's buffer is full, or
-        it restarts) is posted again, up to ``BATCH_RETRIES`` times, backing off (the logger
+        """Post one batch; an answer of 429 or 503 (the logger's buffer is full, or it
+        restarts) is posted again, up to ``BATCH_RETRIES`` times, backing off (the logger
         writes a re-posted event once, by id). Returns (delivered, why not)."""
         ok, reason = False, ""
         for attempt in range(BATCH_RETRIES + 1):
@@ -637,19 +755,19 @@ class PayloadEmitter:
                 await self._send_rows(poster, queue)
                 continue
             if batch_max == 1:
-                event_id, request_body, response_body, at = await queue.get()
+                # The next inference and whatever else is queued, each event its own post,
+                # all written at once on this sender's connection (HTTP/1.1 pipelining).
+                items = [await queue.get()]
+                while len(items) < self.pipeline_items and not queue.empty():
+                    items.append(queue.get_nowait())
                 try:
-                    for kind, body in (
-                        (REQUEST_TYPE, request_body),
-                        (RESPONSE_TYPE, response_body),
-                    ):
-                        try:
-                            await self._post(poster, kind, event_id, body, at)
-                        except Exception:  # a bug must cost its event, counted, not the sender
-                            self._lost_to_bug(1)
+                    await self._post_events(poster, items)
+                except Exception:  # a bug must cost its events, counted, not the sender
+                    self._lost_to_bug(2 * len(items))
                 finally:
-                    self._pending -= 2
-                    queue.task_done()
+                    self._pending -= 2 * len(items)
+                    for _ in items:
+                        queue.task_done()
                 continue
             first = await queue.get() if carry is None else None
             taken = 1  # queue items this batch accounts for (the carry's, or ``first``)
@@ -697,11 +815,7 @@ class PayloadEmitter:
                         run = []
                     run.append(request_body)
                     continue
-                for kind, body in ((REQUEST_TYPE, request_body), (RESPONSE_TYPE, response_body)):
-                    try:
-                        await self._post(poster, kind, event_id, body, at)
-                    except Exception:  # a bug must cost its event, counted, not the others
-                        self._lost_to_bug(1)
+                await self._post_events(poster, [(event_id, request_body, response_body, at)])
             if run:
                 await self._post_rows(poster, run)
         except Exception:  # a bug must cost events, counted, never the sender
@@ -804,6 +918,19 @@ class PayloadEmitter:
         for poster in posters:
             poster.close()
         return left
+
+
+def _chunks(indices: list[int], sizes: list[int], most: int) -> list[list[int]]:
+    """``indices`` in runs whose ``sizes`` add up to at most ``most`` (a bigger one alone)."""
+    runs: list[list[int]] = []
+    total = most
+    for i in indices:
+        if total + sizes[i] > most:
+            runs.append([])
+            total = 0
+        runs[-1].append(i)
+        total += sizes[i]
+    return runs
 
 
 def _item_rows(item: _Item) -> int:

@@ -86,6 +86,7 @@ from kfloop.serving.batcher import DynamicBatcher
 from kfloop.serving.fastpath import ADMIN_TOKEN_ENV, AdminGuard, PredictorFront
 from kfloop.serving.payload_events import (
     DEFAULT_BATCH_EVENTS,
+    DEFAULT_PIPELINE_EVENTS,
     DEFAULT_SENDERS,
     FORMATS,
     MAX_BATCH_EVENTS,
@@ -186,6 +187,7 @@ class ServeOptions:
     logger_senders: int = DEFAULT_SENDERS
     logger_drain_seconds: float = DEFAULT_DRAIN_S
     logger_batch_events: int = DEFAULT_BATCH_EVENTS
+    logger_pipeline_events: int = DEFAULT_PIPELINE_EVENTS
     logger_format: str = "cloudevents"
     inline_max_rows: int = 64
     intra_op_threads: int = 0
@@ -206,6 +208,11 @@ class ServeOptions:
             raise ConfigError(
                 "logger_batch_events",
                 f"must be in [1, {MAX_BATCH_EVENTS}], got {self.logger_batch_events}",
+            )
+        if not 1 <= self.logger_pipeline_events <= MAX_BATCH_EVENTS:
+            raise ConfigError(
+                "logger_pipeline_events",
+                f"must be in [1, {MAX_BATCH_EVENTS}], got {self.logger_pipeline_events}",
             )
         if self.logger_format not in FORMATS:
             raise ConfigError(
@@ -317,6 +324,7 @@ class OnnxPredictor(kserve.Model):
             queue_size=self.options.logger_queue_size,
             senders=self.options.logger_senders,
             batch_max_events=self.options.logger_batch_events,
+            pipeline_events=self.options.logger_pipeline_events,
             payload_format=self.options.logger_format,
         )
 
@@ -1217,6 +1225,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(kfloop's logger only; default 1: one event per post, as the KServe agent does)",
     )
     parser.add_argument(
+        "--logger-pipeline-events",
+        type=int,
+        default=DEFAULT_PIPELINE_EVENTS,
+        help="events posted one per request (--logger-batch-events 1) go pipelined on each "
+        "sender's HTTP/1.1 connection, up to this many in flight at once (default "
+        f"{DEFAULT_PIPELINE_EVENTS}; 1: one post at a time, as the KServe agent posts)",
+    )
+    parser.add_argument(
         "--logger-format",
         choices=FORMATS,
         default="cloudevents",
@@ -1286,6 +1302,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         logger_senders=args.logger_senders,
         logger_drain_seconds=args.logger_drain_seconds,
         logger_batch_events=args.logger_batch_events,
+        logger_pipeline_events=args.logger_pipeline_events,
         logger_format=args.logger_format,
         inline_max_rows=args.inline_max_rows,
         intra_op_threads=args.intra_op_threads,
