@@ -756,10 +756,13 @@ class PayloadEmitter:
                 continue
             if batch_max == 1:
                 # The next inference and whatever else is queued, each event its own post,
-                # all written at once on this sender's connection (HTTP/1.1 pipelining).
-                items = [await queue.get()]
-                while len(items) < self.pipeline_items and not queue.empty():
-                    items.append(queue.get_nowait())
+                # all written at once on this sender's connection (HTTP/1.1 pipelining). One
+                # sender waits on the queue at a time: each put woke another idle sender,
+                # which found the queue emptied by the first and cost a task step for nothing.
+                async with self._collecting:
+                    items = [await queue.get()]
+                    while len(items) < self.pipeline_items and not queue.empty():
+                        items.append(queue.get_nowait())
                 try:
                     await self._post_events(poster, items)
                 except Exception:  # a bug must cost its events, counted, not the sender
