@@ -116,8 +116,11 @@ RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 SPEC_VERSION = "1.0"
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_TIMEOUT_S = 5.0
-# One event per post is one logger round trip per sender at a time: on 2 shared cores at
-# ~2,000 batch-1 req/s, 4 senders dropped half the events (queue full), 8 a quarter, 16 none.
+# Connections to the logger, each with one post or pipelined burst in flight. One event per
+# post, not pipelined, needed 16 on 2 shared cores at ~2,000 batch-1 req/s (4 senders dropped
+# half the events, queue full). Pipelined, one would keep up with one local logger (and cost
+# the predictor least in scratch runs), but a Service over several logger pods spreads
+# connections, not posts: the default stays.
 DEFAULT_SENDERS = 16
 DEFAULT_BATCH_EVENTS = 1
 DEFAULT_PIPELINE_EVENTS = 64
