@@ -235,10 +235,11 @@ def test_the_token_from_the_environment(
         (["--admin-token-file", "{tmp}/missing"], {}, "admin_token_file"),
         ([], {TOKEN_ENV: "  "}, TOKEN_ENV),
         (["--logger-senders", "0"], {}, "logger_senders"),
+        (["--logger-pipeline-events", "0"], {}, "logger_pipeline_events"),
         (["--inline-max-rows", "-1"], {}, "inline_max_rows"),
         (["--logger-drain-seconds", "-1"], {}, "logger_drain_seconds"),
     ],
-    ids=["empty-file", "missing-file", "blank-env", "senders", "inline", "drain"],
+    ids=["empty-file", "missing-file", "blank-env", "senders", "pipeline", "inline", "drain"],
 )
 def test_bad_options_exit_1_naming_them(
     built_model: BuiltModel, tmp_path: Path, args: list[str], env: dict[str, str], named: str

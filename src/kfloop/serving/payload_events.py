@@ -422,26 +422,13 @@ class PayloadEmitter:
             raise ConfigError("logger_url", f"{url!r} is not an http:// or https:// URL")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 2:
             raise ConfigError("logger_queue_size", f"must be an integer >= 2, got {queue_size!r}")
-        if isinstance(senders, bool) or not isinstance(senders, int) or not 1 <= senders <= 64:
-            raise ConfigError("logger_senders", f"must be an integer in [1, 64], got {senders!r}")
-        if (
-            isinstance(batch_max_events, bool)
-            or not isinstance(batch_max_events, int)
-            or not 1 <= batch_max_events <= MAX_BATCH_EVENTS
+        for option, value, most in (
+            ("logger_senders", senders, 64),
+            ("logger_batch_events", batch_max_events, MAX_BATCH_EVENTS),
+            ("logger_pipeline_events", pipeline_events, MAX_BATCH_EVENTS),
         ):
-            raise ConfigError(
-                "logger_batch_events",
-                f"must be an integer in [1, {MAX_BATCH_EVENTS}], got {batch_max_events!r}",
-            )
-        if (
-            isinstance(pipeline_events, bool)
-            or not isinstance(pipeline_events, int)
-            or not 1 <= pipeline_events <= MAX_BATCH_EVENTS
-        ):
-            raise ConfigError(
-                "logger_pipeline_events",
-                f"must be an integer in [1, {MAX_BATCH_EVENTS}], got {pipeline_events!r}",
-            )
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise ConfigError(option, f"must be an integer in [1, {most}], got {value!r}")
         self.url = url
         self.identity = identity
         self.queue_size = queue_size
