@@ -328,11 +328,11 @@ class _Poster:
 
         They go pipelined on the one connection (HTTP/1.1, answers in order), up to
         ``depth`` at once, once an answer on it has said keep-alive; on a new connection the
-        first goes alone. The messages a
-        closed or failed connection left unanswered are posted again on a new one as long as
-        the last connection answered any, and once more when a reused connection answered
-        none (the server had closed it while idle): a message the logger may have taken
-        before the connection broke can reach it twice (it writes an id once)."""
+        first goes alone. The messages a closed or failed connection left unanswered are
+        posted again on a new one as long as the last connection answered any, and once more
+        when a reused connection answered none (the server had closed it while idle): a
+        message the logger may have taken before the connection broke can reach it twice (it
+        writes an id once)."""
         statuses = [0] * len(messages)
         start, why, stale_retry = 0, "", True
         while start < len(messages):
@@ -618,7 +618,8 @@ class PayloadEmitter:
 
     async def _post_events(self, poster: _Poster, items: Sequence[_Item]) -> None:
         """Post each event of ``items`` alone (as the agent does), pipelined on the sender's
-        connection; an event answered 429 or 503 is posted again as :meth:`_deliver` does."""
+        connection; the events answered 429 or 503 are posted again together, with the back-off
+        of :meth:`_deliver`."""
         messages: list[bytes] = []
         events: list[tuple[str, str]] = []  # (type, id) of each message
         for event_id, request_body, response_body, at in items:
