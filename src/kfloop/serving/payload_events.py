@@ -122,6 +122,7 @@ DEFAULT_TIMEOUT_S = 5.0
 # the predictor least in scratch runs), but a Service over several logger pods spreads
 # connections, not posts: the default stays.
 DEFAULT_SENDERS = 16
+MAX_SENDERS = 64
 DEFAULT_BATCH_EVENTS = 1
 DEFAULT_PIPELINE_EVENTS = 64
 MAX_BATCH_EVENTS = 1000
@@ -386,6 +387,19 @@ class _Poster:
 _Item = tuple[str, Any, Any, float]
 
 
+def check_counts(senders: Any, batch_max_events: Any, pipeline_events: Any) -> None:
+    """Raise :class:`ConfigError` naming the first of the emitter's count options
+    (``--logger-senders``, ``--logger-batch-events``, ``--logger-pipeline-events``) that is
+    not an integer in its range."""
+    for option, value, most in (
+        ("logger_senders", senders, MAX_SENDERS),
+        ("logger_batch_events", batch_max_events, MAX_BATCH_EVENTS),
+        ("logger_pipeline_events", pipeline_events, MAX_BATCH_EVENTS),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise ConfigError(option, f"must be an integer in [1, {most}], got {value!r}")
+
+
 class PayloadEmitter:
     """Queue and post request/response CloudEvents to ``url`` (empty: off).
 
@@ -422,13 +436,7 @@ class PayloadEmitter:
             raise ConfigError("logger_url", f"{url!r} is not an http:// or https:// URL")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 2:
             raise ConfigError("logger_queue_size", f"must be an integer >= 2, got {queue_size!r}")
-        for option, value, most in (
-            ("logger_senders", senders, 64),
-            ("logger_batch_events", batch_max_events, MAX_BATCH_EVENTS),
-            ("logger_pipeline_events", pipeline_events, MAX_BATCH_EVENTS),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-                raise ConfigError(option, f"must be an integer in [1, {most}], got {value!r}")
+        check_counts(senders, batch_max_events, pipeline_events)
         self.url = url
         self.identity = identity
         self.queue_size = queue_size
@@ -577,9 +585,9 @@ class PayloadEmitter:
             log.warning("payload event %s not logged: cannot encode the body: %s", event_id, exc)
             return None
 
-    def _message(self, kind: str, event_id: str, body: Any, at: float) -> bytes | None:
-        """One event as a whole HTTP request after the request line and host (None: its body
-        cannot be encoded, counted)."""
+    def _message(self, line: bytes, kind: str, event_id: str, body: Any, at: float) -> bytes | None:
+        """One event as a whole HTTP request, from ``line`` (the request line and host) on
+        (None: its body cannot be encoded, counted)."""
         content = self._encode(event_id, body)
         if content is None:
             return None
@@ -602,6 +610,7 @@ class PayloadEmitter:
             static = self._static_head
         return b"".join(
             (
+                line,
                 static,
                 b"ce-id: ",
                 safe_id.encode("utf-8"),
@@ -620,19 +629,20 @@ class PayloadEmitter:
         """Post each event of ``items`` alone (as the agent does), pipelined on the sender's
         connection; the events answered 429 or 503 are posted again together, with the back-off
         of :meth:`_deliver`."""
+        line = poster.request_line
         messages: list[bytes] = []
         events: list[tuple[str, str]] = []  # (type, id) of each message
         for event_id, request_body, response_body, at in items:
             for kind, body in ((REQUEST_TYPE, request_body), (RESPONSE_TYPE, response_body)):
                 try:
-                    message = self._message(kind, event_id, body, at)
+                    message = self._message(line, kind, event_id, body, at)
                 except Exception:  # a bug must cost its event, counted, not the others
                     self._lost_to_bug(1)
                     continue
                 if message is not None:
                     messages.append(message)
                     events.append((kind, event_id))
-        line = poster.request_line
+        sizes = [len(m) for m in messages]
         sent = {REQUEST_TYPE: 0, RESPONSE_TYPE: 0}
         pending = list(range(len(messages)))
         for attempt in range(BATCH_RETRIES + 1):
@@ -642,8 +652,8 @@ class PayloadEmitter:
                 wait = BATCH_RETRY_WAIT_S * 2 ** (attempt - 1)
                 await asyncio.sleep(min(BATCH_RETRY_MAX_WAIT_S, wait))
             answers: list[tuple[int, int, str]] = []  # (message, status, why not)
-            for chunk in _chunks(pending, [len(m) for m in messages], BATCH_MAX_BYTES):
-                statuses, why = await poster.post_many([line + messages[i] for i in chunk])
+            for chunk in _chunks(pending, sizes, BATCH_MAX_BYTES):
+                statuses, why = await poster.post_many([messages[i] for i in chunk])
                 answers += [(i, status, why) for i, status in zip(chunk, statuses, strict=True)]
             again = []
             for i, status, why in answers:

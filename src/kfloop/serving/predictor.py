@@ -89,10 +89,10 @@ from kfloop.serving.payload_events import (
     DEFAULT_PIPELINE_EVENTS,
     DEFAULT_SENDERS,
     FORMATS,
-    MAX_BATCH_EVENTS,
     BinaryBody,
     EventIdentity,
     PayloadEmitter,
+    check_counts,
     v2_json_inputs,
 )
 from kfloop.serving.signature import (
@@ -202,18 +202,7 @@ class ServeOptions:
             raise ConfigError("max_wait_ms", f"must be in [0, 1000], got {self.max_wait_ms!r}")
         if self.intra_op_threads < 0:
             raise ConfigError("intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
-        if not 1 <= self.logger_senders <= 64:
-            raise ConfigError("logger_senders", f"must be in [1, 64], got {self.logger_senders}")
-        if not 1 <= self.logger_batch_events <= MAX_BATCH_EVENTS:
-            raise ConfigError(
-                "logger_batch_events",
-                f"must be in [1, {MAX_BATCH_EVENTS}], got {self.logger_batch_events}",
-            )
-        if not 1 <= self.logger_pipeline_events <= MAX_BATCH_EVENTS:
-            raise ConfigError(
-                "logger_pipeline_events",
-                f"must be in [1, {MAX_BATCH_EVENTS}], got {self.logger_pipeline_events}",
-            )
+        check_counts(self.logger_senders, self.logger_batch_events, self.logger_pipeline_events)
         if self.logger_format not in FORMATS:
             raise ConfigError(
                 "logger_format", f"must be one of {', '.join(FORMATS)}, got {self.logger_format!r}"
