@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ import pytest
 
 from kfloop.core.errors import ConfigError
 from kfloop.local.process import free_port
+from kfloop.serving import payload_events
 from kfloop.serving.payload_events import (
     REQUEST_TYPE,
     RESPONSE_TYPE,
@@ -125,6 +127,48 @@ def test_error_answers_and_a_missing_logger_are_counted_not_raised(sink: Sink) -
     nobody = PayloadEmitter(f"http://127.0.0.1:{free_port()}/", IDENTITY, senders=2, timeout=2)
     assert asyncio.run(_emit_all(nobody, ["n1", "n2", "n3"])) == 0
     assert (nobody.sent, nobody.failed) == (0, 6)
+
+
+def test_close_stops_a_sender_that_missed_its_cancel(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` drops a cancel that comes as its awaitable
+    completes; a sender that missed close()'s cancel that way went on posting and then waited
+    on the queue forever, so the predictor never exited after SIGTERM (seen once in CI).
+    Here every connection takes 0.2 s to make and the first cancel during one is dropped:
+    close() still returns soon after its drain time, and nothing is posted after it."""
+    sink.close_every = 1  # a new connection for every post
+    real_connect = payload_events._Poster._connect
+    dropped: list[bool] = []
+
+    async def slow_connect_dropping_one_cancel(self: Any) -> Any:
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            if dropped:
+                raise
+            dropped.append(True)  # as wait_for does when the connection is made meanwhile
+        return await real_connect(self)
+
+    monkeypatch.setattr(payload_events._Poster, "_connect", slow_connect_dropping_one_cancel)
+    emitter = PayloadEmitter(sink.url, IDENTITY, senders=1)
+
+    async def scenario() -> tuple[int, float]:
+        for i in range(30):
+            emitter.emit(f"c-{i}", {"instances": [[1, "a"]]}, {"predictions": [0.5]})
+        started = time.monotonic()
+        left = await asyncio.wait_for(emitter.close(0.5), 30)
+        return left, time.monotonic() - started
+
+    left, took = asyncio.run(scenario())
+    assert dropped, "the scenario did not drop a cancel"
+    with sink.lock:
+        posted = len(sink.posts)
+    time.sleep(0.6)
+    with sink.lock:
+        assert len(sink.posts) == posted  # the sender is gone
+    assert took < 0.5 + payload_events.STOP_WAIT_S * 2, took
+    assert left > 0 and emitter.sent < 60
 
 
 # -- pipelining, against a server on raw sockets ---------------------------------------------------

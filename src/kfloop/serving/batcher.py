@@ -147,8 +147,10 @@ class DynamicBatcher:
                     if remaining <= 0:
                         break
                     self._wakeup.clear()
+                    # asyncio.timeout: 3.11's wait_for can drop a cancel of this task.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                        async with asyncio.timeout(remaining):
+                            await self._wakeup.wait()
             batch = [p for p in self._take() if not p.future.cancelled()]
             if not batch:
                 continue

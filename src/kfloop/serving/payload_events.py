@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import re
 import ssl
@@ -135,6 +134,9 @@ BATCH_RETRY_WAIT_S = 0.25
 """Seconds before the first re-post of a batch answered 429/503 (doubled each time, at most
 ``BATCH_RETRY_MAX_WAIT_S``: about 15 s in all before the batch counts as ``send_failed``)."""
 BATCH_RETRY_MAX_WAIT_S = 2.0
+# close(): how many times a sender still running is cancelled, and how long each wait is.
+STOP_TRIES = 5
+STOP_WAIT_S = 1.0
 FORMATS = ("cloudevents", "arrow")
 ROWS_MAX_PER_POST = 4_096
 """An Arrow rows post stops growing once it holds this many rows (a bigger inference goes
@@ -363,16 +365,17 @@ class _Poster:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the connection and drops
+        # a cancel that comes as the connection is made, and a sender that missed close()'s
+        # cancel kept posting and then waited on the queue forever (the process never exited).
+        async with asyncio.timeout(self.timeout):
+            _, conn = await loop.create_connection(
                 _Connection,
                 self.host,
                 self.port,
                 ssl=self._ssl,
                 server_hostname=self.host if self.https else None,
-            ),
-            self.timeout,
-        )
+            )
         self._conn = conn
         return conn
 
@@ -891,7 +894,8 @@ class PayloadEmitter:
         if self._queue is None:
             return True
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
         except TimeoutError:
             return False
         return True
@@ -913,11 +917,15 @@ class PayloadEmitter:
             self.dropped += left
             EVENTS_DROPPED.labels(reason="shutdown").inc(left)
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for _ in range(STOP_TRIES):  # a cancel can be lost in a library (see _connect)
+            running = [task for task in tasks if not task.done()]
+            if not running:
+                break
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=STOP_WAIT_S)
+        if any(not task.done() for task in tasks):
+            log.error("payload events: a sender did not stop when cancelled; left running")
         posters, self._posters = self._posters, []
         for poster in posters:
             poster.close()

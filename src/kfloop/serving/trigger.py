@@ -466,7 +466,8 @@ class KfpStarter:
         return str(result.run_id)
 
     async def _call(self, func: Callable[[], Any]) -> Any:
-        return await asyncio.wait_for(asyncio.to_thread(func), self.request_seconds)
+        async with asyncio.timeout(self.request_seconds):  # wait_for (3.11) can drop a cancel
+            return await asyncio.to_thread(func)
 
     async def start(self, model: str, parameters: Mapping[str, Any]) -> RunHandle:
         for attempt in range(1, self.attempts + 1):
@@ -653,7 +654,8 @@ class LocalStarter:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
-                await asyncio.wait_for(proc.wait(), self.stop_seconds)
+                async with asyncio.timeout(self.stop_seconds):
+                    await proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
