@@ -840,6 +840,7 @@ def run(
     pair_ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
     dropped_by_case: dict[tuple[str, str], float] = {}
     logger_cpu: dict[tuple[str, str], str] = {}
+    own_us: dict[tuple[str, str], float] = {}  # a server's own CPU per request (us)
 
     for payload in payloads:
         answers = {
@@ -865,6 +866,7 @@ def run(
         runs: dict[str, list[WrkResult]] = {name: [] for name in by_name}
         events = {name: {"sent": 0.0, "dropped": 0.0, "cpu": 0.0} for name in predictors}
         waits = dict.fromkeys(by_name, 0.0)  # seconds waited for a quiet machine, per server
+        own_cpu = dict.fromkeys(by_name, 0.0)  # the server's own CPU-seconds in its runs
 
         def load(
             name: str,
@@ -872,18 +874,22 @@ def run(
             runs: dict[str, list[WrkResult]] = runs,
             events: dict[str, dict[str, float]] = events,
             waits: dict[str, float] = waits,
+            own_cpu: dict[str, float] = own_cpu,
         ) -> WrkResult:
             srv = by_name[name]
             waits[name] += quiet(quiet_below)
             if name not in predictors:
+                own0 = srv.cpu_seconds()
                 result = run_wrk(srv.base + infer, scripts[name], seconds)
+                own_cpu[name] += srv.cpu_seconds() - own0
                 runs[name].append(result)
                 return result
             logger = loggers[name]
-            before, cpu0 = scrape(srv), logger.cpu_seconds()
+            before, cpu0, own0 = scrape(srv), logger.cpu_seconds(), srv.cpu_seconds()
             result = run_wrk(srv.base + infer, scripts[name], seconds)
             runs[name].append(result)
             drain(srv)  # the logger's work on this run's events is counted here
+            own_cpu[name] += srv.cpu_seconds() - own0  # posting the events included
             settle(logger)
             after, cpu1 = scrape(srv), logger.cpu_seconds()
             for key in ("sent", "dropped"):
@@ -911,6 +917,7 @@ def run(
                 )
         for name in by_name:
             result = combine(runs[name])
+            own_us[(name, payload.name)] = 1e6 * own_cpu[name] / max(result.ok, 1)
             note = ""
             if name in predictors:
                 sent, dropped, cpu = (events[name][k] for k in ("sent", "dropped", "cpu"))
@@ -930,7 +937,8 @@ def run(
                 f"  {name:<12} {payload.name:<22} {result.rps:>9.0f} req/s "
                 f"{row.rows_per_s:>11.0f} rows/s  p50 {result.p50_ms:6.2f} ms  "
                 f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx} errors {result.errors}"
-                f"  (rounds: {spread} req/s; waited {waits[name]:.1f} s for a quiet machine)"
+                f"  (rounds: {spread} req/s; waited {waits[name]:.1f} s for a quiet machine; "
+                f"own CPU {own_us[(name, payload.name)]:.0f} us/request)"
                 + (f"  {note}" if note else ""),
                 flush=True,
             )
@@ -1033,6 +1041,7 @@ def run(
             cost = 1 - statistics.median(pairs)
             partner = get(partner_of(server), payload)
             overall = 1 - on.result.rps / partner.result.rps if partner.result.rps else 1.0
+            own_on, own_off = own_us[(server, payload.name)], own_us[(partner.server, payload.name)]
             tail = on.result.p99_ms / on.result.p50_ms if on.result.p50_ms else float("inf")
             lost = dropped_by_case.get((server, payload.name), 0)
             mode = {"kfloop-on": "single", "kfloop-batch": "batched", "kfloop-arrow": "arrow"}
@@ -1044,7 +1053,9 @@ def run(
                     cost <= 0.10 and lost == 0,
                     f"{100 * cost:.1f}% ({spread_of(pairs)}; all rounds "
                     f"{100 * overall:.1f}%), {lost:.0f} events dropped, "
-                    f"logger CPU {logger_cpu.get((server, payload.name), '?')}/request",
+                    f"logger CPU {logger_cpu.get((server, payload.name), '?')}/request; "
+                    f"predictor CPU {own_on:.0f} us/request, {own_on / max(own_off, 1e-9):.2f}x "
+                    "its partner's",
                 ),
                 ("p99 <= 2x p50 (logging on)", tail <= 2, f"{tail:.2f}x"),
             ):
