@@ -107,6 +107,24 @@ def test_posts_in_turn_and_pipelined_are_answered_in_order_and_logged(
     assert table.column("prediction").null_count == 0
 
 
+def test_posts_pipelined_before_unreadable_bytes_are_answered_first_and_logged(
+    start_logger: Any, tmp_path: Path, model_dir: Path
+) -> None:
+    """The answers to the posts of one read go out together after the read; a 400 for
+    bytes that are not HTTP, in the same read, must still come after them."""
+    server = start_logger(*base_args(str(model_dir), str(tmp_path / "logs")))
+    sock, f = connect(server)
+    events = pair("g1", 6) + pair("g2", 7)
+    with sock, f:
+        sock.sendall(b"".join(request_bytes(e) for e in events) + b"NOT HTTP\r\n\r\n")
+        answers = [read_response(f)[0] for _ in range(len(events) + 1)]
+        assert f.read() == b""  # closed after the 400
+    assert answers == [200] * len(events) + [400]
+    assert server.terminate() == 0, server.log()
+    table = logged(tmp_path / "logs")
+    assert sorted(table.column("request_id").to_pylist()) == ["g1", "g2"]
+
+
 def test_a_busy_connection_outlives_the_keep_alive_timeout_after_pipelined_posts(
     start_logger: Any, tmp_path: Path, model_dir: Path
 ) -> None:

@@ -67,6 +67,28 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
         _post_answered = False  # refused with 413 before its body ended
         _keep_alive = True
         _closing = False
+        _held: list[bytes] | None = None  # answers of this read not yet written
+
+        def data_received(self, data: bytes) -> None:
+            # The answers to the posts complete in one read go in one write: a client that
+            # pipelines (kfloop's predictor does) costs one send() per read, not per event.
+            self._held = []
+            try:
+                super().data_received(data)
+            finally:
+                self._write_held()
+                self._held = None
+
+        def _write_held(self) -> None:
+            held = self._held
+            if held:
+                self._held = []
+                if not self.transport.is_closing():
+                    self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+        def send_400_response(self, msg: str) -> None:
+            self._write_held()  # the posts before the unreadable bytes are answered first
+            super().send_400_response(msg)
 
         def on_message_begin(self) -> None:
             # What uvicorn's on_message_begin resets for the parser callbacks; its ASGI scope
@@ -79,6 +101,7 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
         def _to_uvicorn(self) -> None:
             """Build the message's ASGI scope as uvicorn does at the message's start, keeping
             what the parser callbacks collected since, and let uvicorn go on with it."""
+            self._write_held()  # uvicorn answers this one after the posts before it
             url, headers, expect = self.url, self.headers, self.expect_100_continue
             super().on_message_begin()
             self.url, self.expect_100_continue = url, expect
@@ -136,6 +159,7 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
                 self._write(status, answer)
             self.server_state.total_requests += 1
             if not self._keep_alive or self._closing:
+                self._write_held()
                 self.transport.close()
             elif not self.transport.is_closing():
                 # Pipelined posts end several messages in one read: one timer, the last
@@ -154,7 +178,11 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
                 return
             head, body = response_parts(status, answer, self.server_state.default_headers)
             close = b"connection: close\r\n" if not self._keep_alive or self._closing else b""
-            self.transport.write(b"".join((head, close, b"\r\n", body)))
+            message = b"".join((head, close, b"\r\n", body))
+            if self._held is not None:
+                self._held.append(message)
+            else:
+                self.transport.write(message)
 
         def shutdown(self) -> None:
             if self._post is not None:  # a post on its way: answer it, then close
