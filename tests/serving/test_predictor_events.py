@@ -185,7 +185,9 @@ class RawSink:
     url: str = ""
     taken: list[str] = field(default_factory=list)  # ce-id/ce-type of each answered post
     most_at_once: int = 0  # most complete requests found unanswered on one connection
+    reads: int = 0  # reads that found complete requests (a pipeline, or a part of one)
     connections: int = 0
+    accepted_at: list[float] = field(default_factory=list)  # time.monotonic() of each
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -228,6 +230,7 @@ def raw_sink() -> Iterator[RawSink]:
                     continue
                 with state.lock:
                     state.most_at_once = max(state.most_at_once, len(requests))
+                    state.reads += 1
                 for headers in requests:
                     if state.answer_at_most and answered == state.answer_at_most:
                         conn.close()  # no answer, no "connection: close": a crash
@@ -246,6 +249,7 @@ def raw_sink() -> Iterator[RawSink]:
                 continue
             with state.lock:
                 state.connections += 1
+                state.accepted_at.append(time.monotonic())
             threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)
@@ -273,6 +277,50 @@ def test_events_go_pipelined_up_to_the_depth_on_one_connection(
     assert sorted(raw_sink.taken) == _every_event(ids)
     assert raw_sink.most_at_once == most
     assert raw_sink.connections == 1
+
+
+def test_a_light_load_shares_one_post_at_a_time_and_a_backlog_spreads(
+    raw_sink: RawSink,
+) -> None:
+    """With 16 senders, inferences arriving every 5 ms while the logger answers within
+    50 ms go in few long pipelines (one post on its way at a time), not one small post per
+    inference from whichever sender was idle; a burst of many whole posts opens connections
+    at once (a Service spreads them over logger pods)."""
+    emitter = PayloadEmitter(raw_sink.url, IDENTITY, senders=16, pipeline_events=128)
+    ids = [f"l-{i}" for i in range(100)]
+
+    async def spaced() -> int:
+        for event_id in ids:
+            emitter.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
+            await asyncio.sleep(0.005)
+        return await emitter.close(30)
+
+    assert asyncio.run(spaced()) == 0
+    assert (emitter.sent, emitter.failed) == (200, 0)
+    assert sorted(raw_sink.taken) == _every_event(ids)
+    assert raw_sink.reads <= 40, raw_sink.reads
+
+    raw_sink.taken.clear()
+    raw_sink.accepted_at.clear()
+    raw_sink.pause = 0.5
+    burst = PayloadEmitter(raw_sink.url, IDENTITY, senders=16, pipeline_events=16)
+    ids = [f"b-{i}" for i in range(200)]
+
+    async def backlog() -> tuple[int, float]:
+        for event_id in ids[:2]:  # one post on its way, the next sender waiting in turn
+            burst.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        for event_id in ids[2:]:  # many whole posts queued while the first is unanswered
+            burst.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
+        return await burst.close(30), started
+
+    left, started = asyncio.run(backlog())
+    assert left == 0
+    assert sorted(raw_sink.taken) == _every_event(ids)
+    # waiting for the first answer (0.5 s) would open no connection this soon
+    opened = [t - started for t in raw_sink.accepted_at]
+    assert sum(0 <= t < 0.2 for t in opened) >= 3, opened
 
 
 def test_a_connection_that_dies_in_a_pipeline_loses_no_event(raw_sink: RawSink) -> None:

@@ -1198,7 +1198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--logger-senders",
         type=int,
         default=DEFAULT_SENDERS,
-        help="concurrent posts to the payload logger (and pooled connections)",
+        help="most posts to the payload logger on their way at once (one connection each); "
+        "CloudEvents go on more than one only while a whole post is queued behind one on its way",
     )
     parser.add_argument(
         "--logger-drain-seconds",
