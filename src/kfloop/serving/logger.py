@@ -136,6 +136,7 @@ from kfloop.serving.events import (
     parse_cloudevent,
     parse_cloudevent_batch,
 )
+from kfloop.serving.heap import freeze_startup_heap
 from kfloop.serving.rows import (
     ROWS_CONTENT_TYPE,
     ROWS_TYPE,
@@ -1741,6 +1742,7 @@ def logger_main(argv: list[str] | None = None) -> int:
     stops: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stops.append(signum))
+    freeze_startup_heap()
     server.run()
     if not server.started:
         return 1

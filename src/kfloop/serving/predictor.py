@@ -84,6 +84,7 @@ from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
 from kfloop.core.settings import Settings
 from kfloop.serving.batcher import DynamicBatcher
 from kfloop.serving.fastpath import ADMIN_TOKEN_ENV, AdminGuard, PredictorFront
+from kfloop.serving.heap import freeze_startup_heap
 from kfloop.serving.payload_events import (
     DEFAULT_BATCH_EVENTS,
     DEFAULT_PIPELINE_EVENTS,
@@ -1331,6 +1332,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         workers=1,
         enable_latency_logging=False,
     )
+    freeze_startup_heap()
     try:
         server.start([model])
     except OSError as exc:  # the address is taken or not on this machine
