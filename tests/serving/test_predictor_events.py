@@ -180,6 +180,7 @@ class RawSink:
     and answers the complete requests in it, in order: so a pipeline reaches it whole."""
 
     pause: float = 0.05
+    quiet: float = 0.01  # a read ends after this long with nothing more arriving
     answer_at_most: int = 0  # per connection, then close without a word (0: no limit)
     silent: bool = False  # read, never answer
     url: str = ""
@@ -217,7 +218,7 @@ def raw_sink() -> Iterator[RawSink]:
         with conn:
             while not stop.is_set():
                 stop.wait(state.pause)
-                conn.settimeout(0.01)
+                conn.settimeout(state.quiet)
                 try:
                     while chunk := conn.recv(1 << 16):
                         buffer += chunk
@@ -321,6 +322,60 @@ def test_a_light_load_shares_one_post_at_a_time_and_a_backlog_spreads(
     # waiting for the first answer (0.5 s) would open no connection this soon
     opened = [t - started for t in raw_sink.accepted_at]
     assert sum(0 <= t < 0.2 for t in opened) >= 3, opened
+
+
+def test_posts_linger_for_more_inferences_unless_a_whole_post_is_queued(
+    raw_sink: RawSink,
+) -> None:
+    """A logger that answers within a few ms: inferences 30 ms apart go as one post each when
+    posts do not linger, as a few posts with a 0.5 s linger (the predictor's cost is mostly per
+    post); a whole post queued goes at once however long the linger. (Batches take their
+    turns in the same ``_next``.)"""
+    raw_sink.pause = raw_sink.quiet = 0.001
+
+    def reads_for(linger: float) -> int:
+        raw_sink.reads = 0
+        emitter = PayloadEmitter(raw_sink.url, IDENTITY, senders=16, linger=linger)
+        ids = [f"g{linger}-{i}" for i in range(30)]
+
+        async def spaced() -> int:
+            for event_id in ids:
+                emitter.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
+                await asyncio.sleep(0.03)
+            return await emitter.close(30)
+
+        assert asyncio.run(spaced()) == 0
+        assert (emitter.sent, emitter.failed) == (60, 0)
+        return raw_sink.reads
+
+    at_once, lingering = reads_for(0), reads_for(0.5)
+    assert at_once >= 20, at_once
+    assert lingering <= 10, lingering
+    assert len(raw_sink.taken) == 120
+
+    raw_sink.taken.clear()
+    slow = PayloadEmitter(raw_sink.url, IDENTITY, senders=4, pipeline_events=16, linger=10)
+    ids = [f"w-{i}" for i in range(8 * 5)]  # five whole posts
+
+    async def whole_posts() -> tuple[list[str], int]:
+        for event_id in ids:
+            slow.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
+        for _ in range(300):  # 3 s: the posts go long before the linger runs out
+            if len(raw_sink.taken) == 2 * len(ids):
+                break
+            await asyncio.sleep(0.01)
+        return sorted(raw_sink.taken), await slow.close(30)
+
+    taken_before_close, left = asyncio.run(whole_posts())
+    assert left == 0
+    assert taken_before_close == _every_event(ids)
+
+
+def test_emitter_linger_option_is_checked() -> None:
+    for bad in (-0.1, 10.5, float("nan"), True, "1"):
+        with pytest.raises(ConfigError, match="logger_linger_seconds"):
+            PayloadEmitter("http://x/", IDENTITY, linger=bad)  # type: ignore[arg-type]
+    assert PayloadEmitter("http://x/", IDENTITY, linger=0).linger == 0.0
 
 
 def test_a_connection_that_dies_in_a_pipeline_loses_no_event(raw_sink: RawSink) -> None:

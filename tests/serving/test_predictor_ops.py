@@ -238,8 +238,18 @@ def test_the_token_from_the_environment(
         (["--logger-pipeline-events", "0"], {}, "logger_pipeline_events"),
         (["--inline-max-rows", "-1"], {}, "inline_max_rows"),
         (["--logger-drain-seconds", "-1"], {}, "logger_drain_seconds"),
+        (["--logger-linger-seconds", "nan"], {}, "logger_linger_seconds"),
     ],
-    ids=["empty-file", "missing-file", "blank-env", "senders", "pipeline", "inline", "drain"],
+    ids=[
+        "empty-file",
+        "missing-file",
+        "blank-env",
+        "senders",
+        "pipeline",
+        "inline",
+        "drain",
+        "linger",
+    ],
 )
 def test_bad_options_exit_1_naming_them(
     built_model: BuiltModel, tmp_path: Path, args: list[str], env: dict[str, str], named: str

@@ -87,6 +87,7 @@ from kfloop.serving.fastpath import ADMIN_TOKEN_ENV, AdminGuard, PredictorFront
 from kfloop.serving.heap import freeze_startup_heap
 from kfloop.serving.payload_events import (
     DEFAULT_BATCH_EVENTS,
+    DEFAULT_LINGER_S,
     DEFAULT_PIPELINE_EVENTS,
     DEFAULT_SENDERS,
     FORMATS,
@@ -94,6 +95,7 @@ from kfloop.serving.payload_events import (
     EventIdentity,
     PayloadEmitter,
     check_counts,
+    check_linger,
     v2_json_inputs,
 )
 from kfloop.serving.signature import (
@@ -189,6 +191,7 @@ class ServeOptions:
     logger_drain_seconds: float = DEFAULT_DRAIN_S
     logger_batch_events: int = DEFAULT_BATCH_EVENTS
     logger_pipeline_events: int = DEFAULT_PIPELINE_EVENTS
+    logger_linger_seconds: float = DEFAULT_LINGER_S
     logger_format: str = "cloudevents"
     inline_max_rows: int = 64
     intra_op_threads: int = 0
@@ -204,6 +207,7 @@ class ServeOptions:
         if self.intra_op_threads < 0:
             raise ConfigError("intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
         check_counts(self.logger_senders, self.logger_batch_events, self.logger_pipeline_events)
+        check_linger(self.logger_linger_seconds)
         if self.logger_format not in FORMATS:
             raise ConfigError(
                 "logger_format", f"must be one of {', '.join(FORMATS)}, got {self.logger_format!r}"
@@ -315,6 +319,7 @@ class OnnxPredictor(kserve.Model):
             senders=self.options.logger_senders,
             batch_max_events=self.options.logger_batch_events,
             pipeline_events=self.options.logger_pipeline_events,
+            linger=self.options.logger_linger_seconds,
             payload_format=self.options.logger_format,
         )
 
@@ -1224,6 +1229,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_PIPELINE_EVENTS}; 1: one post at a time, as the KServe agent posts)",
     )
     parser.add_argument(
+        "--logger-linger-seconds",
+        type=float,
+        default=DEFAULT_LINGER_S,
+        help="longest wait for more payload events before a post that is not full goes, when "
+        f"no other post is on its way (default {DEFAULT_LINGER_S}; 0: post what is queued at once)",
+    )
+    parser.add_argument(
         "--logger-format",
         choices=FORMATS,
         default="cloudevents",
@@ -1294,6 +1306,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         logger_drain_seconds=args.logger_drain_seconds,
         logger_batch_events=args.logger_batch_events,
         logger_pipeline_events=args.logger_pipeline_events,
+        logger_linger_seconds=args.logger_linger_seconds,
         logger_format=args.logger_format,
         inline_max_rows=args.inline_max_rows,
         intra_op_threads=args.intra_op_threads,
