@@ -50,13 +50,15 @@ time, as the agent's Go client does.
 Posts that are not full linger (``linger``, ``--logger-linger-seconds``, default
 :data:`DEFAULT_LINGER_S`): the sender that took an inference posts once a whole post (the
 pipeline depth, or the batch size) is queued, or once the post before it is answered and the
-linger since it took the inference is over. A quiet predictor's events reach the logger that much later; a busy one's go in
-full posts at once. A post answered 429 or 503 (the logger's buffer is full,
-or it restarts) is posted again, up to ``BATCH_RETRIES`` times, ``Retry-After``-like waits
-apart (the queue absorbs the meantime; past it, events are dropped as ``queue_full``; the
-logger writes a re-posted id once, as it does for the agent's retries); another failed post
-is logged (rate-limited) and counted (``reason="send_failed"``), a body that cannot be
-encoded is counted as ``reason="encode_failed"``; nothing is retried in the request path.
+linger since it took the inference is over. A quiet predictor's events reach the logger
+that much later; a busy one's go in full posts at once.
+
+A post answered 429 or 503 (the logger's buffer is full, or it restarts) is posted again, up to
+``BATCH_RETRIES`` times, ``Retry-After``-like waits apart (the queue absorbs the meantime; past
+it, events are dropped as ``queue_full``; the logger writes a re-posted id once, as it does for
+the agent's retries); another failed post is logged (rate-limited) and counted
+(``reason="send_failed"``), a body that cannot be encoded is counted as
+``reason="encode_failed"``; nothing is retried in the request path.
 
 Batched delivery (``batch_max_events`` > 1, ``--logger-batch-events``; off by default, when
 the predictor posts exactly what the agent posts): each sender takes the next queued event and
