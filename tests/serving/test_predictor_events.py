@@ -280,6 +280,18 @@ def test_events_go_pipelined_up_to_the_depth_on_one_connection(
     assert raw_sink.connections == 1
 
 
+def _emit_spaced(emitter: PayloadEmitter, ids: list[str], gap: float) -> int:
+    """Emit an inference per id, ``gap`` seconds apart, then close: the events left."""
+
+    async def spaced() -> int:
+        for event_id in ids:
+            emitter.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
+            await asyncio.sleep(gap)
+        return await emitter.close(30)
+
+    return asyncio.run(spaced())
+
+
 def test_a_light_load_shares_one_post_at_a_time_and_a_backlog_spreads(
     raw_sink: RawSink,
 ) -> None:
@@ -289,14 +301,7 @@ def test_a_light_load_shares_one_post_at_a_time_and_a_backlog_spreads(
     at once (a Service spreads them over logger pods)."""
     emitter = PayloadEmitter(raw_sink.url, IDENTITY, senders=16, pipeline_events=128)
     ids = [f"l-{i}" for i in range(100)]
-
-    async def spaced() -> int:
-        for event_id in ids:
-            emitter.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
-            await asyncio.sleep(0.005)
-        return await emitter.close(30)
-
-    assert asyncio.run(spaced()) == 0
+    assert _emit_spaced(emitter, ids, 0.005) == 0
     assert (emitter.sent, emitter.failed) == (200, 0)
     assert sorted(raw_sink.taken) == _every_event(ids)
     assert raw_sink.reads <= 40, raw_sink.reads
@@ -336,15 +341,7 @@ def test_posts_linger_for_more_inferences_unless_a_whole_post_is_queued(
     def reads_for(linger: float) -> int:
         raw_sink.reads = 0
         emitter = PayloadEmitter(raw_sink.url, IDENTITY, senders=16, linger=linger)
-        ids = [f"g{linger}-{i}" for i in range(30)]
-
-        async def spaced() -> int:
-            for event_id in ids:
-                emitter.emit(event_id, {"instances": [[1, "a"]]}, {"predictions": [0.5]})
-                await asyncio.sleep(0.03)
-            return await emitter.close(30)
-
-        assert asyncio.run(spaced()) == 0
+        assert _emit_spaced(emitter, [f"g{linger}-{i}" for i in range(30)], 0.03) == 0
         assert (emitter.sent, emitter.failed) == (60, 0)
         return raw_sink.reads
 
