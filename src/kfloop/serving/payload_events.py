@@ -140,7 +140,8 @@ post went with what had queued) cost 1.17x the predictor's CPU per request of lo
 against 1.10x into kfloop's logger, whose slower answers let posts grow. Batches of 64 events
 into kfloop's logger, 8 pairs of 3 s against a logging-off server: 1.10x with no linger,
 1.01x with 5 ms, 0.99x with 20 ms, 1.02x with 50 ms (throughput 0.90, 0.94, 0.97, 0.94 of
-logging off)."""
+logging off). An Arrow rows post costs both sides a few dozen Arrow calls whatever its size,
+so rows posts of one inference each would cost more than the JSON events."""
 MAX_BATCH_EVENTS = 1000
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 BATCH_MAX_BYTES = 2**20
@@ -159,9 +160,6 @@ ROWS_MAX_PER_POST = 4_096
 """An Arrow rows post stops growing once it holds this many rows (a bigger inference goes
 alone): about 250 KiB of the demo model, and a few milliseconds of encoding spread over the
 event loop (at 16,384 rows, 1,024-row binary traffic had a p99 of 2.3x its p50)."""
-"""A rows post that is not full waits this long for more inferences: a post costs both sides
-a few dozen Arrow calls whatever its size, so posts of one inference each would cost more
-than the JSON events; the rows wait in the logger's buffer for seconds anyway."""
 
 EVENTS_SENT = Counter(
     "kfloop_payload_events_sent_total",
