@@ -18,7 +18,9 @@ def test_objects_alive_at_start_up_are_out_of_the_collectors_reach() -> None:
         frozen = freeze_startup_heap()
         after = _Node()
         tracked = {id(o) for o in gc.get_objects()}
-        assert frozen == gc.get_freeze_count() > 0
+        # (not equal to get_freeze_count(): a frozen object can still be freed by its
+        # reference count, which lowers the count)
+        assert frozen > 0
         assert id(before) not in tracked  # frozen: no generation scans it
         assert id(after) in tracked  # what the server allocates later is collected as usual
         # Garbage made after the freeze is still collected.
