@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kfloop.serving.events import (
+    ARROW_ROWS,
     REQUEST_TYPE,
     RESPONSE_TYPE,
     EventError,
@@ -19,6 +21,7 @@ from kfloop.serving.events import (
     InferenceEvent,
     Kind,
     _Checker,
+    _values,
     decode_request,
     decode_response,
     parse_cloudevent,
@@ -317,15 +320,28 @@ _VALUES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(age=st.lists(_VALUES, min_size=2, max_size=6), country=st.data())
+@settings(max_examples=400, deadline=None)
+@given(
+    age=st.one_of(
+        st.lists(_VALUES, min_size=2, max_size=6),
+        st.lists(_VALUES, min_size=ARROW_ROWS - 1, max_size=ARROW_ROWS + 8),
+        st.lists(st.floats(allow_nan=False, width=32) | st.none(), min_size=ARROW_ROWS),
+    ),
+    country=st.data(),
+)
 def test_columns_decode_exactly_as_value_by_value(
     age: list[object], country: st.DataObject
 ) -> None:
     """Whatever the mix of types, a column decodes to what checking each value gives, with the
-    same violations: the set-of-types fast path only skips work."""
+    same violations: the set-of-types fast path and, from ``ARROW_ROWS`` values, the typed
+    Arrow conversion only skip work."""
     n = len(age)
-    countries = country.draw(st.lists(_VALUES, min_size=n, max_size=n))
+    countries = country.draw(
+        st.one_of(
+            st.lists(_VALUES, min_size=n, max_size=n),
+            st.lists(st.sampled_from(["DE", "", None]), min_size=n, max_size=n),
+        )
+    )
     as_lists = country.draw(st.booleans())
     instances = [
         [a, None, c] if as_lists else {"age": a, "country": c}
@@ -336,8 +352,10 @@ def test_columns_decode_exactly_as_value_by_value(
     checker = _Checker(SCHEMA)
     expected_age = [checker.value(0, v) for v in age]
     expected_country = [checker.value(2, v) for v in countries]
-    assert decoded.columns == [expected_age, [None] * n, expected_country]
-    assert [type(v) for v in decoded.columns[0]] == [type(v) for v in expected_age]
+    columns = [_values(c) for c in decoded.columns]
+    assert columns == [expected_age, [None] * n, expected_country]
+    assert [type(v) for v in columns[0]] == [type(v) for v in expected_age]
+    assert all(isinstance(c, pa.Array) == (n >= ARROW_ROWS) for c in decoded.columns)
     assert sorted(decoded.violations) == sorted(checker.violations)
     assert decoded.rows == [
         [a, None, c] for a, c in zip(expected_age, expected_country, strict=True)
@@ -364,7 +382,7 @@ class _Tensor(dict):  # type: ignore[type-arg]
 
 @settings(max_examples=300, deadline=None)
 @given(
-    ages=st.lists(_VALUES, min_size=1, max_size=3),
+    ages=st.lists(_VALUES, min_size=1, max_size=3) | st.lists(_VALUES, min_size=ARROW_ROWS),
     countries=st.data(),
     nested=st.booleans(),
     shape=st.sampled_from(["n,1", "n", "n,True", "n+1,1", "1.0,1", "none"]),
@@ -394,7 +412,8 @@ def test_v2_tensors_decode_as_the_general_path_and_values_as_checked(
             d = decode_request({"inputs": inputs}, SCHEMA)
         except EventError as exc:
             return str(exc)
-        return d.columns, sorted(d.violations), [[type(v) for v in c] for c in d.columns]
+        columns = [_values(c) for c in d.columns]
+        return columns, sorted(d.violations), [[type(v) for v in c] for c in columns]
 
     fast = decode(dict)
     assert fast == decode(_Tensor)
@@ -404,3 +423,42 @@ def test_v2_tensors_decode_as_the_general_path_and_values_as_checked(
         expected = [[checker.value(0, ages[0])], [None], [checker.value(2, country_values[0])]]
         assert fast[0] == expected  # type: ignore[index]
         assert fast[1] == sorted(checker.violations)  # type: ignore[index]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    preds=st.lists(_VALUES, min_size=1, max_size=4)
+    | st.lists(_VALUES, min_size=ARROW_ROWS - 1, max_size=ARROW_ROWS + 8)
+    | st.lists(st.floats(allow_nan=False, width=32), min_size=ARROW_ROWS),
+    v2=st.booleans(),
+)
+def test_predictions_decode_exactly_as_value_by_value(preds: list[object], v2: bool) -> None:
+    """A response's predictions, however typed, are what reading each one gives (a number, a
+    one-element list of one; else null and a violation), as a list or, from ``ARROW_ROWS``,
+    an Arrow array."""
+    violations: list[tuple[str, str]] = []
+    expected: list[float | None] = []
+    for p in preds:
+        if isinstance(p, list) and len(p) == 1:
+            p = p[0]
+        if p is None:
+            expected.append(None)
+        elif isinstance(p, (int, float)):  # a bool too, as 0/1
+            expected.append(float(p))
+        else:
+            reason = "wrong_shape" if isinstance(p, list) else "wrong_type"
+            violations.append(("prediction", reason))
+            expected.append(None)
+    if v2:
+        flat = all(not isinstance(p, list) for p in preds)
+        data: dict[str, object] = {
+            "outputs": [{"name": "prediction", "shape": [len(preds)], "data": preds}]
+        }
+        if not flat:  # nested data is flattened: not one value per row any more
+            return
+    else:
+        data = {"predictions": preds}
+    decoded = decode_response(data, "p")
+    assert _values(decoded.predictions) == expected
+    assert isinstance(decoded.predictions, pa.Array) == (len(preds) >= ARROW_ROWS)
+    assert sorted(decoded.violations) == sorted(violations)

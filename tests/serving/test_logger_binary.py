@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import tritonclient.http as triton_http
 
 from kfloop.core.objectstore import ObjectStore
 from kfloop.serving.events import (
+    ARROW_ROWS,
+    BYTES_ARROW_ROWS,
     REQUEST_TYPE,
     RESPONSE_TYPE,
     EventError,
@@ -28,6 +31,7 @@ from kfloop.serving.events import (
     decode_response,
     parse_cloudevent,
 )
+from kfloop.serving.signature import BytesFramingError, split_bytes
 from tests.serving.test_logger import (  # noqa: F401  (model_dir and start_logger: fixtures)
     MODEL,
     VERSION,
@@ -136,11 +140,74 @@ def test_binary_response_decodes_predictions() -> None:
     headers = ce_headers("r", "response", **{"Inference-Header-Content-Length": str(length)})
     event = parse_cloudevent(headers, body)
     assert decode_response(event.data, "r").predictions == [0.25, 0.5, 0.75]
-    assert parse_cloudevent(ce_headers("r", "response"), body).data == event.data
+    again = parse_cloudevent(ce_headers("r", "response"), body).data  # header length found
+    assert again["outputs"][0]["data"].tolist() == [0.25, 0.5, 0.75]
 
 
 def _header(tensors: list[dict[str, Any]]) -> bytes:
     return json.dumps({"inputs": tensors}).encode()
+
+
+@pytest.mark.parametrize("countries", [["DE", "FR", "SE"], ["DE", "", "Österreich", "GB"]])
+@pytest.mark.parametrize("rows", [ARROW_ROWS - 1, ARROW_ROWS, BYTES_ARROW_ROWS + 3])
+def test_a_large_binary_request_decodes_like_its_json(rows: int, countries: list[str]) -> None:
+    """Long binary tensors are read straight into Arrow (BYTES of one length with no loop):
+    the rows are those of the same request in JSON, NaN and "" missing."""
+    ages = [float(i) if i % 7 else math.nan for i in range(rows)]
+    names = [countries[i % len(countries)] for i in range(rows)]
+    columns = {
+        "age": np.array([[a] for a in ages], dtype=np.float32),
+        "country": np.array([[c] for c in names], dtype=object),
+    }
+    body, length = triton_request(columns, "big")
+    headers = ce_headers("big", "request", **{"Inference-Header-Content-Length": str(length)})
+    tensors = parse_cloudevent(headers, body).data["inputs"]
+    assert isinstance(tensors[1]["data"], pa.Array) == (rows >= BYTES_ARROW_ROWS)
+    decoded = decode_request({"inputs": tensors}, SCHEMA, "big")
+    missing = [None if math.isnan(a) else a for a in ages]  # JSON's missing value
+    as_json = {
+        "inputs": [
+            {"name": "age", "shape": [rows, 1], "datatype": "FP32", "data": missing},
+            {"name": "country", "shape": [rows, 1], "datatype": "BYTES", "data": names},
+        ]
+    }
+    expected = [[a, None, c or None] for a, c in zip(missing, names, strict=True)]
+    assert decoded.rows == expected
+    assert decode_request(as_json, SCHEMA, "big").rows == expected
+    assert decoded.violations == []
+
+
+@pytest.mark.parametrize("width", ["one", "varied"])
+@pytest.mark.parametrize("fault", ["past", "cut", "utf8"])
+def test_a_large_bytes_tensor_with_bad_framing_names_the_element(width: str, fault: str) -> None:
+    """The fast reading of long BYTES tensors says what the element-by-element one does."""
+    values = [("DE" if width == "one" else "DE" * (1 + i % 3)).encode() for i in range(300)]
+    good = b"".join(struct.pack("<I", len(v)) + v for v in values)
+    bad = {
+        "past": good + struct.pack("<I", 5) + b"DE",
+        "cut": good + b"\x02\x00",
+        "utf8": good + struct.pack("<I", 2) + b"\xff\xfe",
+    }[fault]
+    with pytest.raises(BytesFramingError) as expected:
+        split_bytes(bad)
+    header = _header(
+        [
+            {
+                "name": "country",
+                "shape": [301],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(bad)},
+            }
+        ]
+    )
+    headers = ce_headers("f", "request", **{"Inference-Header-Content-Length": str(len(header))})
+    with pytest.raises(EventError, match="BYTES tensor 'country'") as got:
+        parse_cloudevent(headers, header + bad)
+    if fault == "cut":
+        assert "ends inside a length prefix" in str(got.value)
+    else:
+        assert f"element {expected.value.index} " in str(got.value)
+        assert expected.value.index == 300
 
 
 def _fp32(name: str, values: list[float]) -> tuple[dict[str, Any], bytes]:

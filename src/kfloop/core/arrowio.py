@@ -57,6 +57,7 @@ def _write_local(
     fmt: str,
     compression: str,
     use_dictionary: bool | Sequence[str] = True,
+    write_statistics: bool | Sequence[str] = True,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -64,7 +65,13 @@ def _write_local(
     tmp = Path(tmp_name)
     try:
         if fmt == "parquet":
-            pq.write_table(table, tmp, compression=compression, use_dictionary=use_dictionary)
+            pq.write_table(
+                table,
+                tmp,
+                compression=compression,
+                use_dictionary=use_dictionary,
+                write_statistics=write_statistics,
+            )
         else:
             with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
@@ -80,11 +87,14 @@ def write_table(
     store: ObjectStore | None = None,
     compression: str = "zstd",
     use_dictionary: bool | Sequence[str] = True,
+    write_statistics: bool | Sequence[str] = True,
 ) -> TableInfo:
     """Write ``table`` as Parquet or Arrow IPC (by suffix) to a path or ``s3://`` URI.
 
     ``use_dictionary``: Parquet dictionary encoding for every column (True), or only the
     named ones (dictionaries of unique ids or continuous floats are built and thrown away).
+    ``write_statistics``: Parquet min/max statistics for every column (True), or only the
+    named ones (those of strings cost the most and serve readers the least).
     """
     target = os.fspath(dest)
     fmt = _format_of(target)
@@ -93,13 +103,13 @@ def write_table(
             store = ObjectStore.from_env()
         with tempfile.TemporaryDirectory(prefix="kfloop-write-") as tmp:
             local = Path(tmp) / Path(S3Uri.parse(target).key).name
-            _write_local(table, local, fmt, compression, use_dictionary)
+            _write_local(table, local, fmt, compression, use_dictionary, write_statistics)
             info = store.put_file(local, target)
             return TableInfo(
                 table.num_rows, table.num_columns, info.sha256 or "", info.size, target
             )
     path = Path(target)
-    _write_local(table, path, fmt, compression, use_dictionary)
+    _write_local(table, path, fmt, compression, use_dictionary, write_statistics)
     return TableInfo(
         table.num_rows, table.num_columns, sha256_file(path), path.stat().st_size, str(path)
     )
@@ -111,11 +121,14 @@ def write_parquet(
     store: ObjectStore | None = None,
     *,
     use_dictionary: bool | Sequence[str] = True,
+    write_statistics: bool | Sequence[str] = True,
 ) -> TableInfo:
     """Write Parquet (zstd) to a path or ``s3://`` URI; returns artifact metadata."""
     if not os.fspath(dest).lower().endswith(PARQUET_SUFFIXES):
         raise DataError(f"{dest}: a Parquet file name must end in .parquet")
-    return write_table(table, dest, store, use_dictionary=use_dictionary)
+    return write_table(
+        table, dest, store, use_dictionary=use_dictionary, write_statistics=write_statistics
+    )
 
 
 def _read_local(path: Path, fmt: str, columns: list[str] | None) -> pa.Table:

@@ -90,6 +90,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -106,7 +107,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -124,6 +124,7 @@ from kfloop.core.settings import Settings
 from kfloop.deploy.registry import pointer_uri, read_production
 from kfloop.serving.drift import DriftMonitor
 from kfloop.serving.events import (
+    ARROW_ROWS,
     BATCH_CONTENT_TYPE,
     EventError,
     EventPairer,
@@ -167,6 +168,37 @@ def _row_suffixes(n: int) -> pa.Array:
     return _suffixes.slice(0, n)
 
 
+@functools.lru_cache(maxsize=16)
+def _id_layout(head: int, n: int) -> tuple[pa.Buffer, np.ndarray]:
+    """Where the bytes of ids ``"<id>:0"`` .. ``"<id>:<n-1>"`` come from, for an id of
+    ``head`` bytes: their offsets, and for each of their bytes its place in the id's bytes
+    followed by the suffixes' (``":0:1:2..."``). The same for every id of that length (a
+    UUID's is 36), so one gather makes a batch's ids."""
+    suffixes = _row_suffixes(n)
+    ends = np.frombuffer(suffixes.buffers()[1], np.int32, count=n + 1, offset=4 * suffixes.offset)
+    lengths = np.diff(ends)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths + head, out=offsets[1:])
+    index = np.empty(int(offsets[-1]), np.intp)  # numpy gathers with intp 4x as fast
+    owner = np.repeat(np.arange(n, dtype=np.int32), lengths)  # suffix byte -> its row
+    in_suffixes = np.arange(int(ends[-1]), dtype=np.int32) + ends[0]
+    index[in_suffixes - ends[0] + (owner + 1) * head] = in_suffixes + head
+    heads = (offsets[:-1, None] + np.arange(head, dtype=np.int32)).ravel()
+    index[heads] = np.tile(np.arange(head, dtype=np.int32), n)
+    return pa.py_buffer(offsets), index
+
+
+def _batch_ids(rid: str, n: int) -> pa.Array:
+    """``"<rid>:0"`` .. ``"<rid>:<n-1>"``: one gather from the id's bytes and the suffixes'
+    (a third of the CPU of joining them with ``binary_join_element_wise``)."""
+    head = rid.encode()
+    offsets, index = _id_layout(len(head), n)
+    suffixes = _row_suffixes(n)
+    data = suffixes.buffers()[2]
+    source = np.concatenate([np.frombuffer(head, np.uint8), np.frombuffer(data, np.uint8)])
+    return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(source[index]))
+
+
 def _ids(blocks: Sequence[RowBlock]) -> pa.Array:
     """The request_id column: ``RowBlock.ids`` of every block."""
     return _row_ids([b.request_id for b in blocks], [b.n for b in blocks])
@@ -185,7 +217,7 @@ def _row_ids(ids: Sequence[str], counts: Sequence[int]) -> pa.Array:
         if single:
             parts.append(pa.array(single, pa.string()))
             single = []
-        parts.append(pc.binary_join_element_wise(pa.scalar(rid), _row_suffixes(int(n)), ""))
+        parts.append(_batch_ids(rid, int(n)))
     if single:
         parts.append(pa.array(single, pa.string()))
     return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
@@ -219,26 +251,67 @@ def _has_features(block: Block) -> bool:
 
 def _predictions(blocks: Sequence[Block]) -> np.ndarray:
     """The prediction column of ``blocks`` as float64 (NaN where there is none)."""
-    parts = [
-        np.array(
-            _chain([b.prediction_values() for b in blocks if isinstance(b, RowBlock)]),
-            dtype=np.float64,
-        )
-    ]
+    small, large = _by_size([b for b in blocks if isinstance(b, RowBlock)])
+    parts = [np.array(_chain([b.prediction_values() for b in small]), dtype=np.float64)]
+    if large:
+        parts.append(_numpy(_prediction_array(large)))
     posts = [b.rows.batch for b in blocks if isinstance(b, TableBlock)]
     if posts:
         parts.append(numeric_values(posts, PREDICTION))
     return np.concatenate(parts).astype(np.float64, copy=False)
 
 
+def _by_size(blocks: Sequence[RowBlock]) -> tuple[list[RowBlock], list[RowBlock]]:
+    """``blocks`` of fewer than :data:`ARROW_ROWS` rows (their columns are lists), and the
+    others (Arrow arrays), each in order. A table or a drift update takes the two apart: the
+    rows of a file need no order, and each kind is joined its own way in one pass."""
+    small = [b for b in blocks if b.n < ARROW_ROWS]
+    if len(small) == len(blocks):
+        return small, []
+    return small, [b for b in blocks if b.n >= ARROW_ROWS]
+
+
 def _feature_values(blocks: Sequence[RowBlock], width: int) -> list[list[Any]]:
-    """Each of the ``width`` features' values over ``blocks``, one list per feature, taken
-    apart by C-level iteration (``zip``, ``chain``) rather than a Python call per block and
-    feature."""
+    """Each of the ``width`` features' values over small ``blocks`` (lists), one list per
+    feature, taken apart by C-level iteration (``zip``, ``chain``) rather than a Python call
+    per block and feature."""
     if len(blocks) == 1:
         return [blocks[0].feature(i) for i in range(width)]
     per_block = [b.columns if b.columns is not None else [[None] * b.n] * width for b in blocks]
     return [list(itertools.chain.from_iterable(lists)) for lists in zip(*per_block, strict=True)]
+
+
+def _feature_arrays(blocks: Sequence[RowBlock], types: Sequence[pa.DataType]) -> list[pa.Array]:
+    """Each feature's values over large ``blocks`` (Arrow arrays), joined in C."""
+    out: list[pa.Array] = []
+    for i, typ in enumerate(types):
+        parts = [
+            pa.nulls(b.n, typ) if b.columns is None else _arrow(b.columns[i], typ) for b in blocks
+        ]
+        out.append(parts[0] if len(parts) == 1 else pa.concat_arrays(parts))
+    return out
+
+
+def _prediction_array(blocks: Sequence[RowBlock]) -> pa.Array:
+    """The predictions of large ``blocks`` (null where there is none)."""
+    parts = [
+        pa.nulls(b.n, pa.float64())
+        if b.predictions is None
+        else _arrow(b.predictions, pa.float64())
+        for b in blocks
+    ]
+    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
+
+def _arrow(column: list[Any] | pa.Array, typ: pa.DataType) -> pa.Array:
+    return column if isinstance(column, pa.Array) else pa.array(column, typ)
+
+
+def _numpy(array: pa.Array) -> np.ndarray | pa.Array:
+    """A float64 array as numpy (null as NaN); a string array as it is (drift reads both)."""
+    if pa.types.is_floating(array.type):
+        return array.to_numpy(zero_copy_only=False)
+    return array
 
 
 def _chain(lists: Sequence[list[Any]]) -> list[Any]:
@@ -772,15 +845,28 @@ class _Target:
             pa.field("timestamp", pa.timestamp("us", tz="UTC")),
             pa.field("endpoint", pa.string()),
         ]
-        for name in self.schema.names:
-            kind = self.schema.kinds[name]
-            fields.append(pa.field(name, pa.float64() if kind == "numeric" else pa.string()))
+        self.feature_types = [
+            pa.float64() if self.schema.kinds[name] == "numeric" else pa.string()
+            for name in self.schema.names
+        ]
+        fields += [
+            pa.field(name, typ)
+            for name, typ in zip(self.schema.names, self.feature_types, strict=True)
+        ]
         fields.append(pa.field(PREDICTION, pa.float64()))
         self.arrow_schema = pa.schema(fields)
         # Parquet dictionaries only where values repeat (not ids, not continuous numbers).
         self.dictionary_columns = ["model_name", "model_version", "endpoint"] + [
             n for n in self.schema.names if self.schema.kinds[n] == "categorical"
         ]
+        # Min/max statistics where a reader can skip by them (time and numbers): those of the
+        # strings took a fifth of the writing's CPU (50,000 logged rows, 376 -> 308 us per
+        # 1,024 rows).
+        self.statistics_columns = (
+            ["timestamp"]
+            + [n for n in self.schema.names if self.schema.kinds[n] == "numeric"]
+            + [PREDICTION]
+        )
 
     @property
     def unflushed_rows(self) -> int:
@@ -1220,13 +1306,19 @@ class PayloadLogger:
         with_features = _tail([b for b in blocks if _has_features(b)], self.config.window_rows)
         row_blocks = [b for b in with_features if isinstance(b, RowBlock)]
         posts = [b for b in with_features if isinstance(b, TableBlock)]
-        if row_blocks:
-            names = target.schema.names
-            values = _feature_values(row_blocks, len(names))
+        small, large = _by_size(row_blocks)
+        names = target.schema.names
+        if small:
+            values = _feature_values(small, len(names))
             columns: dict[str, Any] = {
                 name: values[i] for i, name in enumerate(names) if name in drift.windows
             }
             drift.add_features(columns)
+        if large:
+            arrays = _feature_arrays(large, target.feature_types)
+            drift.add_features(
+                {name: _numpy(arrays[i]) for i, name in enumerate(names) if name in drift.windows}
+            )
         if posts:
             batches = [b.rows.batch for b in posts]
             kinds = target.schema.kinds
@@ -1285,6 +1377,27 @@ class PayloadLogger:
         return pa.Table.from_arrays(arrays, schema=t.arrow_schema)
 
     def _rows_table(self, blocks: Sequence[RowBlock], t: _Target) -> pa.Table:
+        small, large = _by_size(blocks)
+        parts: list[pa.Table] = []
+        if small:
+            names = t.schema.names
+            features = [
+                pa.array(values, typ)
+                for values, typ in zip(
+                    _feature_values(small, len(names)), t.feature_types, strict=True
+                )
+            ]
+            preds = _chain([b.prediction_values() for b in small])
+            parts.append(self._blocks_table(small, t, features, pa.array(preds, pa.float64())))
+        if large:
+            features = _feature_arrays(large, t.feature_types)
+            parts.append(self._blocks_table(large, t, features, _prediction_array(large)))
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def _blocks_table(
+        self, blocks: Sequence[RowBlock], t: _Target, features: list[pa.Array], preds: pa.Array
+    ) -> pa.Table:
+        """The Parquet contract's table of ``blocks`` given their features and predictions."""
         counts = np.fromiter((b.n for b in blocks), dtype=np.int64, count=len(blocks))
         n = int(counts.sum())
         stamps = np.fromiter((b.timestamp_us for b in blocks), dtype=np.int64, count=len(blocks))
@@ -1294,13 +1407,9 @@ class PayloadLogger:
             pa.repeat(pa.scalar(t.version, pa.string()), n),
             pa.array(np.repeat(stamps, counts)).cast(pa.timestamp("us", tz="UTC")),
             _endpoints(blocks, n),
+            *features,
+            preds,
         ]
-        names = t.schema.names
-        for name, values in zip(names, _feature_values(blocks, len(names)), strict=True):
-            typ = pa.float64() if t.schema.kinds[name] == "numeric" else pa.string()
-            arrays.append(pa.array(values, typ))
-        preds = _chain([b.prediction_values() for b in blocks])
-        arrays.append(pa.array(preds, pa.float64()))
         return pa.Table.from_arrays(arrays, schema=t.arrow_schema)
 
     def partition_uri(self, hour_us: int, version: str | None = None) -> str:
@@ -1340,7 +1449,13 @@ class PayloadLogger:
         hour = (blocks[0].timestamp_us // _US_PER_HOUR) * _US_PER_HOUR
         uri = self.partition_uri(hour, t.version)
         started = time.perf_counter()
-        write_parquet(table, uri, self.store, use_dictionary=t.dictionary_columns)
+        write_parquet(
+            table,
+            uri,
+            self.store,
+            use_dictionary=t.dictionary_columns,
+            write_statistics=t.statistics_columns,
+        )
         m = self.metrics
         lb = {"model": self.config.model_name, "version": t.version}
         m.write_seconds.labels(**lb).observe(time.perf_counter() - started)

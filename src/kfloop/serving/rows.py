@@ -255,8 +255,12 @@ def feature_column(batches: Sequence[pa.RecordBatch], name: str, kind: str) -> p
             continue
         column = batch.column(i)
         parts.append(column if column.type == pa.string() else column.cast(pa.string()))
-    joined = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
-    empty = pc.equal(joined, "")
+    return blank_to_null(parts[0] if len(parts) == 1 else pa.concat_arrays(parts))
+
+
+def blank_to_null(strings: pa.Array) -> pa.Array:
+    """A string array with ``""`` as null (a categorical value's missing)."""
+    empty = pc.equal(strings, "")
     if not pc.any(empty).as_py():
-        return joined
-    return pc.if_else(empty, pa.scalar(None, pa.string()), joined)
+        return strings
+    return pc.if_else(empty, pa.scalar(None, strings.type), strings)
