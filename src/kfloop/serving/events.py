@@ -31,8 +31,9 @@ Payloads decoded into rows of features + prediction:
   length. The header's length comes from the ``Inference-Header-Content-Length`` header of
   the event post, or from that header logged in ``ce-metadata`` (the agent's
   ``metadataHeaders``, ``{"Inference-Header-Content-Length": ["123"]}``), else from where the
-  JSON header ends. The tensors are decoded into ``data`` (float NaN = missing) and the
-  payload is then read like a JSON v2 one.
+  JSON header ends. The tensors are decoded into ``data`` (numbers as a numpy array, float
+  NaN = missing; ``BYTES`` as strings, an Arrow array for a long tensor) and the payload is
+  then read like a JSON v2 one.
 
 Rows: a request of N rows gives N rows; ``request_id`` is the event id for N = 1 and
 ``"<id>:<i>"`` (i = 0..N-1) for a batch, so every logged row has its own join key.

@@ -99,7 +99,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -239,6 +239,23 @@ def _dumps(body: Any) -> bytes:
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+Message: TypeAlias = bytes | tuple[bytes, ...]
+"""One whole HTTP request, in one piece or in pieces (its head, then its body as it was
+given): written with ``writelines``, a body is not copied into a joined message (at 1,024
+rows, a request's body is 146 KB)."""
+
+
+_PIECEWISE_BYTES = 4096  # a smaller body is joined to its head: one piece costs less
+
+
+def _pieces(messages: Sequence[Message]) -> list[bytes]:
+    return [p for m in messages for p in (m if isinstance(m, tuple) else (m,))]
+
+
+def message_size(message: Message) -> int:
+    """Bytes of one message."""
+    return sum(map(len, message)) if isinstance(message, tuple) else len(message)
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection to the logger: :meth:`exchange` writes one or more
@@ -258,7 +275,7 @@ class _Connection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses; both have write/close.
         self.transport = cast(asyncio.Transport, transport)
 
-    async def exchange(self, messages: Sequence[bytes], timeout: float) -> list[int]:
+    async def exchange(self, messages: Sequence[Message], timeout: float) -> list[int]:
         """Write ``messages`` (whole HTTP requests) in one go and return the statuses of the
         answers that came, in order: all of them, or fewer if the connection closed, failed
         or ``timeout`` seconds passed first (:attr:`why` says which; the connection is then
@@ -273,7 +290,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = waiter = loop.create_future()
         timer = loop.call_later(timeout, self._end, "timed out")
         try:
-            self.transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
+            self.transport.writelines(_pieces(messages))
             await waiter
         except BaseException:
             self.close()
@@ -334,12 +351,15 @@ class _Poster:
     async def post(self, head: bytes, body: bytes) -> int:
         """HTTP status of one post (``head``: the headers after the host, blank line
         included). Raises ConnectionError/OSError/TimeoutError when it got no answer."""
-        statuses, why = await self.post_many([self.head + head + body])
+        whole = (
+            (self.head + head, body) if len(body) >= _PIECEWISE_BYTES else self.head + head + body
+        )
+        statuses, why = await self.post_many([whole])
         if not statuses[0]:
             raise ConnectionError(why)
         return statuses[0]
 
-    async def post_many(self, messages: Sequence[bytes]) -> tuple[list[int], str]:
+    async def post_many(self, messages: Sequence[Message]) -> tuple[list[int], str]:
         """The HTTP status of each of ``messages`` (whole requests, from
         :meth:`request_line` on), 0 for one that got no answer, and why not.
 
@@ -620,7 +640,9 @@ class PayloadEmitter:
             log.warning("payload event %s not logged: cannot encode the body: %s", event_id, exc)
             return None
 
-    def _message(self, line: bytes, kind: str, event_id: str, body: Any, at: float) -> bytes | None:
+    def _message(
+        self, line: bytes, kind: str, event_id: str, body: Any, at: float
+    ) -> Message | None:
         """One event as a whole HTTP request, from ``line`` (the request line and host) on
         (None: its body cannot be encoded, counted)."""
         content = self._encode(event_id, body)
@@ -643,29 +665,29 @@ class PayloadEmitter:
             )
         else:
             static = self._static_head
-        return b"".join(
-            (
-                line,
-                static,
-                b"ce-id: ",
-                safe_id.encode("utf-8"),
-                b"\r\nce-type: ",
-                kind.encode("ascii"),
-                b"\r\nce-time: ",
-                self._stamp(at),
-                b"\r\ncontent-length: ",
-                str(len(content)).encode("ascii"),
-                b"\r\n\r\n",
-                content,
-            )
+        head = (
+            line,
+            static,
+            b"ce-id: ",
+            safe_id.encode("utf-8"),
+            b"\r\nce-type: ",
+            kind.encode("ascii"),
+            b"\r\nce-time: ",
+            self._stamp(at),
+            b"\r\ncontent-length: ",
+            str(len(content)).encode("ascii"),
+            b"\r\n\r\n",
         )
+        if len(content) >= _PIECEWISE_BYTES:
+            return (b"".join(head), content)
+        return b"".join((*head, content))
 
     async def _post_events(self, poster: _Poster, items: Sequence[_Item]) -> None:
         """Post each event of ``items`` alone (as the agent does), pipelined on the sender's
         connection; the events answered 429 or 503 are posted again together, with the back-off
         of :meth:`_deliver`."""
         line = poster.request_line
-        messages: list[bytes] = []
+        messages: list[Message] = []
         events: list[tuple[str, str]] = []  # (type, id) of each message
         for event_id, request_body, response_body, at in items:
             for kind, body in ((REQUEST_TYPE, request_body), (RESPONSE_TYPE, response_body)):
@@ -677,7 +699,7 @@ class PayloadEmitter:
                 if message is not None:
                     messages.append(message)
                     events.append((kind, event_id))
-        sizes = [len(m) for m in messages]
+        sizes = [message_size(m) for m in messages]
         sent = {REQUEST_TYPE: 0, RESPONSE_TYPE: 0}
         pending = list(range(len(messages)))
         for attempt in range(BATCH_RETRIES + 1):
