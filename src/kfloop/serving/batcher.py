@@ -35,14 +35,12 @@ from kfloop.serving.signature import merge_columns, row_count
 
 DEFAULT_INLINE_MAX_ROWS = 1024
 """Batches of up to this many rows run on the event loop. Handing a run to a thread lets the
-loop read the next request meanwhile; on 2 cores, where ONNX Runtime's own threads use both,
-that paid for binary-tensor requests but not for JSON ones (probably because decoding JSON
-holds the GIL that the finished run needs back). At 1,024-row v2 requests (8 connections, no
-logging; the threshold was 64): JSON 604 req/s at 1,670 us of CPU each inline, against 540
-req/s at 2,200 us through a thread; in ``make bench`` JSON rose from 581 k to 634 k rows/s and
-binary fell from 648 k to 602 k. JSON is the default encoding of v2 REST clients. A 1,024-row
-run of the demo model holds the loop for about 0.5 ms, less than decoding its JSON request
-does."""
+loop read the next request meanwhile, but on 2 cores, where ONNX Runtime's own threads use
+both, the hand-over cost more than it overlapped. Two predictors side by side, 1,024-row v2
+requests, 8 connections, no logging, 10 alternating rounds of 3 s (the threshold was 64):
+JSON 538 against 463 req/s (1,871 against 2,524 us of CPU per request), binary tensors 549
+against 521 req/s (1,838 against 2,260 us); p99/p50 fell too (1.86 against 2.66, 1.61 against
+1.75). A 1,024-row run of the demo model holds the loop for about 0.5 ms."""
 
 Columns = Mapping[str, np.ndarray]
 RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
