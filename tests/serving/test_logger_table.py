@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client.exposition import generate_latest
 
 from kfloop.serving.drift import DriftMonitor
 from kfloop.serving.events import RowBlock, block_rows
-from kfloop.serving.logger import LoggerConfig, PayloadLogger
+from kfloop.serving.logger import LoggerConfig, PayloadLogger, _row_ids
 
 PROFILE = {
     "numeric": {"age": {"edges": [0.0, 30.0, 60.0, 120.0], "frequencies": [0.3, 0.4, 0.3]}},
@@ -157,3 +158,17 @@ def test_rows_between_rate_limited_drift_updates_are_let_go_without_changing_the
         if line.startswith("kfloop_prediction_count")
     ]
     assert counts == ['kfloop_prediction_count{model="m",version="v1"} 240.0'] * 2
+
+
+@pytest.mark.parametrize("rid", ["5f0c2a4e-8a53-4f7e-9f1e-0d6c1f0b9a77", "ünï-ç", "x"])
+def test_batch_ids_are_the_id_and_the_row_whatever_the_batch_sizes(rid: str) -> None:
+    """The ids of a flush's blocks, made by one gather per block from a cached layout per id
+    length: batches of any size (below, at and past the layouts' sizes) in one column."""
+    counts = [1, 2, 17, 1024, 1, 1025, 3000, 5]
+    ids = [f"{rid}-{k}" for k in range(len(counts))]
+    column = _row_ids(ids, counts)
+    column.validate(full=True)
+    expected = [
+        i if n == 1 else f"{i}:{row}" for i, n in zip(ids, counts, strict=True) for row in range(n)
+    ]
+    assert column.to_pylist() == expected

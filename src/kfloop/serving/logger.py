@@ -169,34 +169,39 @@ def _row_suffixes(n: int) -> pa.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _id_layout(head: int, n: int) -> tuple[pa.Buffer, np.ndarray]:
-    """Where the bytes of ids ``"<id>:0"`` .. ``"<id>:<n-1>"`` come from, for an id of
+def _id_layout(head: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the bytes of ids ``"<id>:0"`` .. ``"<id>:<rows-1>"`` come from, for an id of
     ``head`` bytes: their offsets, and for each of their bytes its place in the id's bytes
     followed by the suffixes' (``":0:1:2..."``). The same for every id of that length (a
-    UUID's is 36), so one gather makes a batch's ids."""
-    suffixes = _row_suffixes(n)
-    ends = np.frombuffer(suffixes.buffers()[1], np.int32, count=n + 1, offset=4 * suffixes.offset)
+    UUID's is 36), and the layout of fewer rows is its beginning: one gather makes a batch's
+    ids, whatever its size."""
+    suffixes = _row_suffixes(rows)
+    ends = np.frombuffer(
+        suffixes.buffers()[1], np.int32, count=rows + 1, offset=4 * suffixes.offset
+    )
     lengths = np.diff(ends)
-    offsets = np.zeros(n + 1, np.int32)
+    offsets = np.zeros(rows + 1, np.int32)
     np.cumsum(lengths + head, out=offsets[1:])
     index = np.empty(int(offsets[-1]), np.intp)  # numpy gathers with intp 4x as fast
-    owner = np.repeat(np.arange(n, dtype=np.int32), lengths)  # suffix byte -> its row
-    in_suffixes = np.arange(int(ends[-1]), dtype=np.int32) + ends[0]
-    index[in_suffixes - ends[0] + (owner + 1) * head] = in_suffixes + head
+    owner = np.repeat(np.arange(rows, dtype=np.int32), lengths)  # suffix byte -> its row
+    in_suffixes = np.arange(int(ends[-1] - ends[0]), dtype=np.int32)
+    index[in_suffixes + (owner + 1) * head] = in_suffixes + ends[0] + head
     heads = (offsets[:-1, None] + np.arange(head, dtype=np.int32)).ravel()
-    index[heads] = np.tile(np.arange(head, dtype=np.int32), n)
-    return pa.py_buffer(offsets), index
+    index[heads] = np.tile(np.arange(head, dtype=np.int32), rows)
+    return offsets, index
 
 
 def _batch_ids(rid: str, n: int) -> pa.Array:
     """``"<rid>:0"`` .. ``"<rid>:<n-1>"``: one gather from the id's bytes and the suffixes'
     (a third of the CPU of joining them with ``binary_join_element_wise``)."""
     head = rid.encode()
-    offsets, index = _id_layout(len(head), n)
-    suffixes = _row_suffixes(n)
+    rows = max(1024, 1 << (n - 1).bit_length())  # a few layouts serve every batch size
+    offsets, index = _id_layout(len(head), rows)
+    suffixes = _row_suffixes(rows)
     data = suffixes.buffers()[2]
     source = np.concatenate([np.frombuffer(head, np.uint8), np.frombuffer(data, np.uint8)])
-    return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(source[index]))
+    ids = source[index[: offsets[n]]]
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets[: n + 1]), pa.py_buffer(ids))
 
 
 def _ids(blocks: Sequence[RowBlock]) -> pa.Array:
