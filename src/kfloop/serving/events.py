@@ -403,7 +403,8 @@ def _has_binary_tensors(header: Any) -> bool:
 def decode_binary_body(body: bytes | str, header_length: int, where: str = "event") -> Any:
     """Decode a v2 binary-extension body: the JSON header with each binary tensor's values
     put in its ``data``, flat: numbers as a numpy array (floating point as float64, NaN =
-    missing), ``BYTES`` as a list of UTF-8 strings.
+    missing), ``BYTES`` as UTF-8 strings (:func:`bytes_column`: a list, or an Arrow array
+    for a long tensor).
 
     Raises:
         EventError: ``bad_payload``: a header length past the body, a header that is not JSON,
