@@ -644,7 +644,7 @@ def _arrow_column(values: list[Any] | np.ndarray, numeric: bool) -> pa.Array | N
     if isinstance(values, pa.Array):  # a binary BYTES tensor's (bytes_column)
         if numeric or values.type != _STRING:
             return None
-        return blank_to_null(values) if values.null_count == 0 and _has_blank(values) else values
+        return blank_to_null(values) if _has_blank(values) else values
     try:  # the typed conversion refuses a value of another type (and an int past 2**53)
         if numeric:
             return pa.array(values, _FLOAT64)
@@ -760,7 +760,8 @@ def _values(column: Column) -> list[Any]:
 
 
 def _has_blank(strings: pa.Array) -> bool:
-    """Whether a string array without nulls holds ``""`` (read from its offsets)."""
+    """Whether a string array may hold ``""``: an empty slot in its offsets (a null's slot is
+    empty too, which only costs the exact check of :func:`blank_to_null`)."""
     offsets = np.frombuffer(
         strings.buffers()[1], np.int32, count=len(strings) + 1, offset=4 * strings.offset
     )

@@ -248,6 +248,11 @@ rows, a request's body is 146 KB)."""
 _PIECEWISE_BYTES = 4096  # a smaller body is joined to its head: one piece costs less
 
 
+def _with_body(head: bytes, body: bytes) -> Message:
+    """A request of ``head`` and ``body``: in two pieces when the body is large."""
+    return (head, body) if len(body) >= _PIECEWISE_BYTES else head + body
+
+
 def _pieces(messages: Sequence[Message]) -> list[bytes]:
     return [p for m in messages for p in (m if isinstance(m, tuple) else (m,))]
 
@@ -351,10 +356,7 @@ class _Poster:
     async def post(self, head: bytes, body: bytes) -> int:
         """HTTP status of one post (``head``: the headers after the host, blank line
         included). Raises ConnectionError/OSError/TimeoutError when it got no answer."""
-        whole = (
-            (self.head + head, body) if len(body) >= _PIECEWISE_BYTES else self.head + head + body
-        )
-        statuses, why = await self.post_many([whole])
+        statuses, why = await self.post_many([_with_body(self.head + head, body)])
         if not statuses[0]:
             raise ConnectionError(why)
         return statuses[0]
@@ -678,9 +680,7 @@ class PayloadEmitter:
             str(len(content)).encode("ascii"),
             b"\r\n\r\n",
         )
-        if len(content) >= _PIECEWISE_BYTES:
-            return (b"".join(head), content)
-        return b"".join((*head, content))
+        return _with_body(b"".join(head), content)
 
     async def _post_events(self, poster: _Poster, items: Sequence[_Item]) -> None:
         """Post each event of ``items`` alone (as the agent does), pipelined on the sender's
