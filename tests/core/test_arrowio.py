@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kfloop.core import arrowio
 from kfloop.core.arrowio import read_table, table_info, write_parquet, write_table
 from kfloop.core.errors import DataError
 from kfloop.core.objectstore import ObjectStore, sha256_file
@@ -92,3 +93,18 @@ def test_parquet_dictionaries_only_for_the_named_columns(tmp_path: Path) -> None
     assert dictionary_encoded(every) == [True, True]
     assert dictionary_encoded(named) == [False, True]
     assert pq.read_table(named).equals(table)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_s3_writes_from_memory_and_through_a_file_agree(
+    store: ObjectStore, bucket: str, monkeypatch: pytest.MonkeyPatch, in_memory: bool
+) -> None:
+    if not in_memory:  # a table above the bound goes through a temporary file
+        monkeypatch.setattr(arrowio, "IN_MEMORY_UPLOAD_BYTES", 0)
+    table = sample(5000)
+    for name in ("t.parquet", "t.arrow"):
+        uri = f"s3://{bucket}/{in_memory}/{name}"
+        info = write_table(table, uri, store)
+        assert store.stat(uri).sha256 == info.sha256
+        assert store.stat(uri).size == info.bytes
+        assert read_table(uri, store).equals(table)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -263,3 +267,97 @@ def test_folder_key_is_rejected(store: ObjectStore, bucket: str, tmp_path: Path)
 def test_uri_helpers_accept_both_forms(store: ObjectStore, bucket: str) -> None:
     store.put_bytes(b"abc", S3Uri(bucket, "typed"))
     assert store.get_bytes(f"s3://{bucket}/typed") == b"abc"
+
+
+def test_put_bytes_records_the_digest_of_what_it_uploads(store: ObjectStore, bucket: str) -> None:
+    data = bytearray(os.urandom(3 * 1024 * 1024 + 7))
+    info = store.put_bytes(memoryview(data), f"s3://{bucket}/mem.bin")
+    assert info.size == len(data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.stat(f"s3://{bucket}/mem.bin").sha256 == info.sha256
+    assert store.get_bytes(f"s3://{bucket}/mem.bin") == bytes(data)
+    with pytest.raises(Exception, match="names a folder"):
+        store.put_bytes(b"x", f"s3://{bucket}/folder/")
+
+
+def test_an_upload_into_a_bucket_deleted_since_creates_it_again(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    # The store checks a bucket once; another client deleting it must not break its uploads,
+    # whether from memory or from a file.
+    name = f"gone-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    other = ObjectStore(store.settings)
+    src = write_random(tmp_path / "c.bin", 1000)
+    try:
+        for upload in (
+            lambda: store.put_bytes(b"second", f"s3://{name}/b.txt"),
+            lambda: store.put_file(src, f"s3://{name}/c.bin"),
+        ):
+            store.put_bytes(b"first", f"s3://{name}/a.txt")
+            for obj in list(other.list_objects(f"s3://{name}/")):
+                other.delete(obj.uri)
+            other.client.remove_bucket(name)
+            assert not other.bucket_exists(name)
+            upload()
+        assert store.get_bytes(f"s3://{name}/c.bin") == src.read_bytes()
+    finally:
+        for obj in list(other.list_objects(f"s3://{name}/")):
+            other.delete(obj.uri)
+        other.client.remove_bucket(name)
+
+
+class _ResetFirstConnection:
+    """A TCP proxy to ``port`` that resets the first connection once it has received some
+    bytes (an upload cut by the network), and passes every later one through."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted == 1:
+                client.recv(65536)
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_retried_upload_from_memory_sends_the_whole_body(settings: Settings, bucket: str) -> None:
+    proxy = _ResetFirstConnection(int(settings.s3_endpoint.rsplit(":", 1)[1]))
+    try:
+        env = {**settings.to_env(), "S3_ENDPOINT": f"127.0.0.1:{proxy.port}"}
+        store = ObjectStore(Settings.from_env({**env, "KFLOOP_S3_RETRIES": "2"}), backoff=0.01)
+        data = os.urandom(512 * 1024)
+        info = store.put_bytes(data, f"s3://{bucket}/retried.bin", create_bucket=False)
+        assert proxy.accepted >= 2  # the first attempt was cut
+        assert store.get_bytes(f"s3://{bucket}/retried.bin") == data
+        assert store.stat(f"s3://{bucket}/retried.bin").sha256 == info.sha256
+    finally:
+        proxy.close()

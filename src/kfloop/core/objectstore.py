@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import random
@@ -158,6 +159,10 @@ class ObjectStore:
             region=settings.region,
             http_client=http,
         )
+        # Buckets this store saw or created: an upload checks its bucket once per store, not
+        # once per object (a HEAD request that cost SeaweedFS about 1 ms of CPU per file of
+        # the payload logger). An upload into one deleted since then re-creates it (_upload).
+        self._buckets: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
@@ -227,14 +232,17 @@ class ObjectStore:
     def ensure_bucket(self, bucket: str) -> bool:
         """Create ``bucket`` when missing. Returns True when it was created."""
         if self.bucket_exists(bucket):
+            self._buckets.add(bucket)
             return False
         try:
             self._call(f"creating bucket {bucket!r}", lambda: self.client.make_bucket(bucket))
         except ObjectStoreError as exc:
             # Another process may have created it between the check and the call.
             if "BucketAlreadyOwnedByYou" in str(exc) or "BucketAlreadyExists" in str(exc):
+                self._buckets.add(bucket)
                 return False
             raise
+        self._buckets.add(bucket)
         return True
 
     def check(self) -> None:
@@ -277,11 +285,10 @@ class ObjectStore:
             raise ObjectNotFound(f"cannot upload {source}: no such file")
         if not target.key or target.key.endswith("/"):
             raise ConfigError("uri", f"{target} names a folder; give the object key")
-        if create_bucket:
-            self.ensure_bucket(target.bucket)
         digest = sha256_file(source)
         size = source.stat().st_size
-        result = self._call(
+        result = self._upload(
+            target,
             f"uploading {source} to {target}",
             lambda: self.client.fput_object(
                 target.bucket,
@@ -291,21 +298,58 @@ class ObjectStore:
                 metadata={SHA256_META: digest},
                 part_size=_PART_SIZE,
             ),
+            create_bucket,
         )
         log.debug("uploaded %s (%d bytes) to %s", source, size, target)
         return ObjectInfo(uri=target, size=size, sha256=digest, etag=result.etag)
 
     def put_bytes(
-        self, data: bytes, uri: S3Uri | str, content_type: str = "application/octet-stream"
+        self,
+        data: bytes | bytearray | memoryview,
+        uri: S3Uri | str,
+        content_type: str = "application/octet-stream",
+        create_bucket: bool = True,
     ) -> ObjectInfo:
-        """Upload bytes held in memory (small objects: metadata, pointers, reports)."""
-        with tempfile.NamedTemporaryFile(prefix=".kfloop-put-", delete=False) as handle:
-            handle.write(data)
-            tmp = Path(handle.name)
+        """Upload bytes held in memory (no temporary file); their SHA-256 goes with them as
+        metadata, as :meth:`put_file`'s."""
+        target = S3Uri.parse(uri) if isinstance(uri, str) else uri
+        if not target.key or target.key.endswith("/"):
+            raise ConfigError("uri", f"{target} names a folder; give the object key")
+        view = memoryview(data).cast("B")
+        digest = hashlib.sha256(view).hexdigest()
+        result = self._upload(
+            target,
+            f"uploading {view.nbytes} bytes to {target}",
+            # A new reader for every attempt: a retry must send the whole body again.
+            lambda: self.client.put_object(
+                target.bucket,
+                target.key,
+                io.BytesIO(view),
+                view.nbytes,
+                content_type=content_type,
+                metadata={SHA256_META: digest},
+                part_size=_PART_SIZE,
+            ),
+            create_bucket,
+        )
+        log.debug("uploaded %d bytes to %s", view.nbytes, target)
+        return ObjectInfo(uri=target, size=view.nbytes, sha256=digest, etag=result.etag)
+
+    def _upload(self, target: S3Uri, what: str, upload: Callable[[], T], create_bucket: bool) -> T:
+        """Run ``upload`` into ``target``'s bucket, created first when missing (checked once
+        per store: see ``_buckets``)."""
+        known = target.bucket in self._buckets
+        if create_bucket and not known:
+            self.ensure_bucket(target.bucket)
         try:
-            return self.put_file(tmp, uri, content_type=content_type)
-        finally:
-            tmp.unlink(missing_ok=True)
+            return self._call(what, upload)
+        except ObjectNotFound:
+            if not (create_bucket and known):
+                raise
+            # The bucket was deleted since this store saw it: create it again, once.
+            self._buckets.discard(target.bucket)
+            self.ensure_bucket(target.bucket)
+            return self._call(what, upload)
 
     def get_file(self, uri: S3Uri | str, path: str | os.PathLike[str]) -> ObjectInfo:
         """Download to ``path``, verifying size and SHA-256; ``path`` appears only when verified."""
