@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
 
 from kfloop.core.errors import ConfigError
 from kfloop.core.objectstore import ObjectStore
 from kfloop.core.settings import Settings
 from kfloop.serving.events import RowBlock
 from kfloop.serving.logger import LoggerConfig, PayloadLogger
-from kfloop.serving.payload_events import EventIdentity, PayloadEmitter
+from kfloop.serving.payload_events import ROWS_BODY_ROWS, EventIdentity, PayloadEmitter
 from kfloop.serving.rows import (
     META_KEY,
     ROWS_CONTENT_TYPE,
@@ -395,6 +397,42 @@ def test_overload_refuses_a_rows_post_whole(
 # -- predictor -> logger ----------------------------------------------------------------------
 
 
+def binary_infer(
+    base: str, built_model: BuiltModel, batch: list[dict[str, Any]], rid: str
+) -> requests.Response:
+    """POST ``batch`` as a v2 binary-tensor request (every input in raw bytes)."""
+    inputs, raws = [], []
+    for name in built_model.names:
+        values = [r[name] for r in batch]
+        if name in built_model.numeric:
+            raw = np.asarray(values, dtype="<f4").tobytes()
+            datatype = "FP32"
+        else:
+            raw = b"".join(
+                struct.pack("<I", len(v.encode())) + v.encode() for v in map(str, values)
+            )
+            datatype = "BYTES"
+        inputs.append(
+            {
+                "name": name,
+                "shape": [len(batch), 1],
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        raws.append(raw)
+    header = json.dumps({"id": rid, "inputs": inputs}).encode()
+    return requests.post(
+        f"{base}/v2/models/{MODEL_NAME}/infer",
+        data=header + b"".join(raws),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+        timeout=30,
+    )
+
+
 def test_the_predictor_logs_every_request_as_rows(
     built_model: BuiltModel,
     sample_rows: list[dict[str, Any]],
@@ -405,8 +443,10 @@ def test_the_predictor_logs_every_request_as_rows(
     tmp_path: Path,
 ) -> None:
     """``kfloop serve --logger-format arrow`` under 8 concurrent clients (v1, v2 JSON, one
-    row and three rows): the logger takes rows posts of several inferences, and the Parquet
-    holds exactly the request ids sent, with the values sent and the predictions answered."""
+    row and three rows; a few v2 requests of ``ROWS_BODY_ROWS`` rows and more, JSON and
+    binary, which go as their events): the logger takes rows posts of several inferences, and
+    the Parquet holds exactly the request ids sent, with the values sent and the predictions
+    answered."""
     logger, predictor, logs_root = start_logged_predictor(
         built_model, store, settings, bucket, start_logger, tmp_path,
         "--logger-format", "arrow", "--logger-batch-events", "128",
@@ -415,10 +455,21 @@ def test_the_predictor_logs_every_request_as_rows(
     rows = (full * (300 // len(full) + 1))[:300]
     ids = [f"rows-{i:05d}" for i in range(len(rows))]
     answers: dict[str, list[float]] = {}
+    large = ROWS_BODY_ROWS + 44
+
+    def batch_of(i: int) -> list[dict[str, Any]]:
+        if i % 100 in (50, 51):  # large: 50, 150, 250 in JSON; 51, 151, 251 in binary
+            return [rows[(i + k) % len(rows)] for k in range(large)]
+        return rows[i : i + 3] if i % 3 == 0 else rows[i : i + 1]
 
     def send(i: int) -> None:
-        batch = rows[i : i + 3] if i % 3 == 0 else rows[i : i + 1]
-        v1 = i % 2 == 1
+        batch = batch_of(i)
+        if i % 100 == 51:
+            response = binary_infer(predictor.base, built_model, batch, ids[i])
+            assert response.status_code == 200, response.text
+            answers[ids[i]] = response.json()["outputs"][0]["data"]
+            return
+        v1 = i % 2 == 1 and len(batch) < large
         url, body = infer_request(predictor.base, built_model, batch, ids[i], v1)
         response = session_post(url, body, ids[i])
         assert response.status_code == 200, response.text
@@ -438,14 +489,15 @@ def test_the_predictor_logs_every_request_as_rows(
     table, _ = read_logs(store, f"{logs_root}/{MODEL_NAME}/{VERSION}/")
     expected_ids = []
     for i, rid in enumerate(ids):
-        expected_ids += [f"{rid}:{k}" for k in range(3)] if i % 3 == 0 else [rid]
+        n = len(batch_of(i))
+        expected_ids += [f"{rid}:{k}" for k in range(n)] if n > 1 else [rid]
     assert sorted(table.column("request_id").to_pylist()) == sorted(expected_ids)
     by_id = {r["request_id"]: r for r in table.to_pylist()}
     numeric = sorted(built_model.numeric)[0]
     categorical = next(n for n in built_model.names if n not in built_model.numeric)
     for i, rid in enumerate(ids):
-        sent = rows[i : i + 3] if i % 3 == 0 else rows[i : i + 1]
-        keys = [f"{rid}:{k}" for k in range(3)] if i % 3 == 0 else [rid]
+        sent = batch_of(i)
+        keys = [f"{rid}:{k}" for k in range(len(sent))] if len(sent) > 1 else [rid]
         for key, row, pred in zip(keys, sent, answers[rid], strict=True):
             got = by_id[key]
             assert got[numeric] == pytest.approx(row[numeric], rel=1e-6)

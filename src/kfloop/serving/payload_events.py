@@ -79,7 +79,9 @@ predictor hands :meth:`PayloadEmitter.emit_rows` the inputs the model saw and it
 to ``batch_max_events / 2`` of them and :data:`ROWS_MAX_PER_POST` rows, waiting the
 linger for more when the post is not full, into one Arrow IPC record batch
 (:mod:`kfloop.serving.rows`) posted as a binary-mode CloudEvent with a new id; retries and
-drop counting as for a batch (each inference counts as its two events).
+drop counting as for a batch (each inference counts as its two events). The predictor queues
+a v2 inference of :data:`ROWS_BODY_ROWS` rows or more with its bodies instead (:meth:`emit`):
+those go as its two events, pipelined, whatever the format.
 
 On shutdown the predictor calls :meth:`PayloadEmitter.close` after the HTTP and gRPC servers
 stopped taking requests: every event queued before is posted, for at most the drain time
@@ -156,6 +158,17 @@ BATCH_RETRY_MAX_WAIT_S = 2.0
 STOP_TRIES = 5
 STOP_WAIT_S = 1.0
 FORMATS = ("cloudevents", "arrow")
+ROWS_BODY_ROWS = 256
+"""In the ``arrow`` format, an inference of this many rows or more whose request body is at
+hand (as it arrived, JSON or binary tensors) goes as its two events, as in the
+``cloudevents`` format, not as Arrow rows. Encoding a large inference's columns into Arrow
+cost the predictor more than the body's post: at 1,024-row JSON requests (3 rounds of 5 s
+beside a logging-off server, logs to a folder) its CPU per request was 1.29-1.42x that of
+logging off, and 1.04-1.13x posting the bodies; throughput with logging on went from
+0.74-0.78 of logging off's to 0.87-0.94. The predictor's event loop is what limits
+throughput; the logger decodes a large body into Arrow columns at once
+(:mod:`kfloop.serving.events`), on another core. Small inferences are where rows posts save
+most: many per post, a few Arrow calls each."""
 ROWS_MAX_PER_POST = 4_096
 """An Arrow rows post stops growing once it holds this many rows (a bigger inference goes
 alone): about 250 KiB of the demo model, and a few milliseconds of encoding spread over the
@@ -907,16 +920,20 @@ class PayloadEmitter:
                 rows += _item_rows(items[-1])
         try:
             run: list[RowsItem] = []
-            for event_id, request_body, response_body, at in items:
-                if isinstance(request_body, RowsItem):
-                    if run and list(run[0].columns) != list(request_body.columns):
-                        await self._post_rows(poster, run)
-                        run = []
-                    run.append(request_body)
+            bodies: list[_Item] = []
+            for item in items:
+                body = item[1]
+                if not isinstance(body, RowsItem):
+                    bodies.append(item)
                     continue
-                await self._post_events(poster, [(event_id, request_body, response_body, at)])
+                if run and list(run[0].columns) != list(body.columns):
+                    await self._post_rows(poster, run)
+                    run = []
+                run.append(body)
             if run:
                 await self._post_rows(poster, run)
+            if bodies:  # their events, pipelined on this sender's connection
+                await self._post_events(poster, bodies)
         except Exception:  # a bug must cost events, counted, never the sender
             self._lost_to_bug(2 * len(items))
         finally:

@@ -91,6 +91,7 @@ from kfloop.serving.payload_events import (
     DEFAULT_PIPELINE_EVENTS,
     DEFAULT_SENDERS,
     FORMATS,
+    ROWS_BODY_ROWS,
     BinaryBody,
     EventIdentity,
     PayloadEmitter,
@@ -477,7 +478,7 @@ class OnnxPredictor(kserve.Model):
         """
         if not self.emitter.enabled:
             return
-        if self.emitter.rows_format:
+        if self.emitter.rows_format and (request_body is None or rows < ROWS_BODY_ROWS):
             self.emitter.emit_rows(request_id, columns, predictions)
             return
         assert self.signature is not None
@@ -1254,7 +1255,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="cloudevents: each request and response as the KServe agent logs them (JSON "
         "CloudEvents; default); arrow: the inputs the model saw and its predictions as Arrow "
         "rows posts of up to --logger-batch-events / 2 inferences (kfloop's logger only; "
-        "no JSON for the logger to parse again)",
+        "no JSON for the logger to parse again); v2 inferences of 256 rows or more still go "
+        "as their request and response events",
     )
     parser.add_argument("--logger-source", default="", help="ce-source (default: own URL)")
     parser.add_argument("--inference-service", default="", help="ce-inferenceservicename")
