@@ -638,3 +638,50 @@ def test_a_binary_request_is_logged_as_it_arrived(
     assert tensors["country"] == ["DE", "", "ü"]
     age = tensors["age"].tolist()  # numbers as an array, NaN = missing
     assert age[0] == 1.5 and math.isnan(age[1]) and age[2] == 3.0
+
+
+def test_a_large_binary_request_goes_alone_among_batches(event_receiver: EventReceiver) -> None:
+    """With batches on, a binary-tensor request of ``BATCH_BINARY_ALONE_BYTES`` or more is
+    posted as it came (binary mode, no base64), and the small inferences queued around it
+    still go in batches: every event arrives once."""
+    from kfloop.serving.payload_events import BATCH_BINARY_ALONE_BYTES, BinaryBody
+
+    tag = f"alone-{time.time_ns()}"
+    small_raw, small_length = _binary_request(f"{tag}-small")
+    pad = b"\x00" * BATCH_BINARY_ALONE_BYTES  # tensors' bytes after a 3-row request's
+    big_raw, big_length = small_raw + pad, small_length
+    emitter = PayloadEmitter(
+        event_receiver.url, EventIdentity(MODEL), batch_max_events=64, senders=1
+    )
+
+    async def emit_all() -> bool:
+        for i in range(6):
+            emitter.emit(f"{tag}-{i}", {"instances": [[i]]}, {"predictions": [0.5]})
+            if i in (2, 4):
+                emitter.emit(f"{tag}-big{i}", BinaryBody(big_raw, big_length), b"{}")
+        emitter.emit(f"{tag}-small", BinaryBody(small_raw, small_length), b"{}")
+        delivered = await emitter.flush(timeout=30)
+        await emitter.close()
+        return delivered
+
+    assert asyncio.run(emit_all())
+    assert (emitter.sent, emitter.failed) == (18, 0)
+    posts = event_receiver.wait_for(
+        lambda e: tag.encode() in e.body or e.headers.get("ce-id", "").startswith(tag)
+    )
+    alone = [p for p in posts if p.headers.get("content-type") != BATCH_CONTENT_TYPE]
+    batched = [e for p in posts if p not in alone for e in json.loads(p.body)]
+    assert sorted((p.headers["ce-id"], p.headers["ce-type"]) for p in alone) == sorted(
+        (f"{tag}-big{i}", kind) for i in (2, 4) for kind in (REQUEST_TYPE, RESPONSE_TYPE)
+    )
+    for post in alone:
+        if post.headers["ce-type"] == REQUEST_TYPE:
+            assert post.body == big_raw
+            assert post.headers["inference-header-content-length"] == str(big_length)
+    assert sorted((e["id"], e["type"]) for e in batched) == sorted(
+        (f"{tag}-{i}", kind)
+        for i in [*map(str, range(6)), "small"]
+        for kind in (REQUEST_TYPE, RESPONSE_TYPE)
+    )
+    small = next(e for e in batched if e["id"] == f"{tag}-small" and e["type"] == REQUEST_TYPE)
+    assert base64.b64decode(small["data_base64"]) == small_raw

@@ -68,7 +68,9 @@ batch (``Content-Type: application/cloudevents-batch+json``: a JSON array of str
 events with the same attributes as the headers above, ``datacontenttype``
 ``application/json`` and the body as ``data``), which kfloop's logger takes on the same URL
 (:mod:`kfloop.serving.logger`). One post carries the events queued while the previous one was
-in flight, so batches grow with the load.
+in flight, so batches grow with the load. A binary-tensor request of
+:data:`BATCH_BINARY_ALONE_BYTES` or more goes as its own two events (pipelined after the
+batch), as it arrived, instead of as base64 in the batch.
 A batch answered 429 or 503 is posted again as a single event is; other failures count every
 event of the batch as ``send_failed``. The KServe agent does not batch: a cluster's logger
 still gets single events from it.
@@ -149,6 +151,15 @@ BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 BATCH_MAX_BYTES = 2**20
 """A batch stops growing once the next event would take it past this many bytes of data
 (a single bigger event goes alone); well under the logger's ``--max-body-bytes`` (10 MiB)."""
+BATCH_BINARY_ALONE_BYTES = 16 * 1024
+"""With batches on, a binary-tensor request (:class:`BinaryBody`) of this many bytes or more
+goes as its own two events, pipelined, not in a batch. In a JSON batch its bytes travel as
+base64: a third more bytes, encoded by the predictor and decoded by the logger, where alone
+they go as they came. JSON bodies stay in batches: they go in as they came. 1,024-row binary
+requests, batches of 64 events, 3 rounds of 5 s beside a logging-off server (logs to a
+folder): the predictor's CPU per request went from 1.07-1.13x of logging off's to
+1.00-1.12x, the logger's (event loop) from about 1,060 to 900 us, and throughput with
+logging on from 0.86-0.92 of logging off's to 0.87-0.96."""
 BATCH_RETRIES = 10
 BATCH_RETRY_WAIT_S = 0.25
 """Seconds before the first re-post of a batch answered 429/503 (doubled each time, at most
@@ -853,11 +864,23 @@ class PayloadEmitter:
             taken = 1  # queue items this batch accounts for (the carry's, or ``first``)
             self._in_flight += 1
             try:
-                events, kinds, size = carry or self._structured_events(cast(_Item, first))
-                carry = None
+                alone: list[_Item] = []  # large binary-tensor requests: posted as they came
+                if carry is not None:
+                    events, kinds, size = carry
+                    carry = None
+                elif _goes_alone(cast(_Item, first)):
+                    alone.append(cast(_Item, first))
+                    events, kinds, size = [], [], 0
+                else:
+                    events, kinds, size = self._structured_events(cast(_Item, first))
                 # Whole inferences only: a batch takes both events of each, or neither.
-                while len(events) + 2 <= batch_max and not queue.empty():
-                    item = self._structured_events(queue.get_nowait())
+                while len(events) + 2 * len(alone) + 2 <= batch_max and not queue.empty():
+                    queued = queue.get_nowait()
+                    if _goes_alone(queued):
+                        taken += 1
+                        alone.append(queued)
+                        continue
+                    item = self._structured_events(queued)
                     if events and size + item[2] > BATCH_MAX_BYTES:
                         carry = item  # accounted for by the next batch
                         break
@@ -866,6 +889,8 @@ class PayloadEmitter:
                     kinds += item[1]
                     size += item[2]
                 await self._post_batch(poster, events, kinds)
+                if alone:  # their events, pipelined on this sender's connection
+                    await self._post_events(poster, alone)
             except Exception:  # a bug must cost events, counted, never the sender
                 self._lost_to_bug(2 * taken)
             finally:
@@ -1052,6 +1077,13 @@ def _chunks(indices: list[int], sizes: list[int], most: int) -> list[list[int]]:
         runs[-1].append(i)
         total += sizes[i]
     return runs
+
+
+def _goes_alone(item: _Item) -> bool:
+    """Whether a batching sender posts ``item``'s events alone (binary mode) rather than in a
+    batch: a binary-tensor request of :data:`BATCH_BINARY_ALONE_BYTES` or more."""
+    body = item[1]
+    return isinstance(body, BinaryBody) and len(body.raw) >= BATCH_BINARY_ALONE_BYTES
 
 
 def _item_rows(item: _Item) -> int:
