@@ -38,6 +38,8 @@ After each logging-on run the benchmark waits until that run's rows are
 written (the benchmark's loggers flush after 1 s) and the logger is idle, so that its Parquet
 and drift work falls on that run and its CPU count, not on the next server's run; and every
 measured run starts on a quiet machine (``quiet``: SeaweedFS storing the files, write-back).
+Each logging-on case also reports the CPU SeaweedFS spent per request over its runs (storing
+the files, on the same cores: on a cluster the object store runs elsewhere).
 Then the logger alone: wrk posts binary-mode CloudEvents (request and response of unique ids)
 for a bounded time; events/s, CPU per event (``/proc/<pid>/stat``) and, after SIGTERM, the
 rows in the store against what the logger accepted (zero loss).
@@ -182,9 +184,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the process (all its threads) from /proc/<pid>/stat."""
-        raw = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = raw[raw.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> int | None:
         if self.process.poll() is None:
@@ -631,6 +631,15 @@ end
     return path
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """utime + stime of process ``pid`` (all its threads) from /proc/<pid>/stat; 0 for None."""
+    if pid is None:
+        return 0.0
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_logger(
     name: str, root: Path, output: str, workdir: Path, env: Mapping[str, str]
 ) -> Server:
@@ -729,6 +738,7 @@ def run(
 
     env: dict[str, str] = {}
     store = None
+    store_pid: int | None = None  # SeaweedFS, when the logs go there
     if args.logs == "s3":
         from kfloop.core.objectstore import ObjectStore
         from kfloop.local.stack import LocalStack
@@ -740,6 +750,7 @@ def run(
         env = dict(settings.to_env())
         store = ObjectStore(settings)
         logs_root = f"s3://{settings.logs_bucket}"
+        store_pid = stack.status()[0].pid
     else:
         logs_root = str(workdir / "logs")
 
@@ -864,7 +875,9 @@ def run(
             drain(srv)  # the warm-up's events are not this case's
             settle(loggers[name])
         runs: dict[str, list[WrkResult]] = {name: [] for name in by_name}
-        events = {name: {"sent": 0.0, "dropped": 0.0, "cpu": 0.0} for name in predictors}
+        events = {
+            name: {"sent": 0.0, "dropped": 0.0, "cpu": 0.0, "store": 0.0} for name in predictors
+        }
         waits = dict.fromkeys(by_name, 0.0)  # seconds waited for a quiet machine, per server
         own_cpu = dict.fromkeys(by_name, 0.0)  # the server's own CPU-seconds in its runs
 
@@ -886,6 +899,7 @@ def run(
                 return result
             logger = loggers[name]
             before, cpu0, own0 = scrape(srv), logger.cpu_seconds(), srv.cpu_seconds()
+            store0 = process_cpu_seconds(store_pid)
             result = run_wrk(srv.base + infer, scripts[name], seconds)
             runs[name].append(result)
             drain(srv)  # the logger's work on this run's events is counted here
@@ -896,6 +910,9 @@ def run(
                 family = f"kfloop_payload_events_{key}_total"
                 events[name][key] += metric(after, family) - metric(before, family)
             events[name]["cpu"] += cpu1 - cpu0
+            # The object store storing this run's files (SeaweedFS on the same cores; its
+            # idle work over the run included).
+            events[name]["store"] += process_cpu_seconds(store_pid) - store0
             return result
 
         # Each logging-on run is paired with a run of its logging-off partner right beside it
@@ -925,11 +942,15 @@ def run(
                 totals["dropped"] += dropped
                 dropped_by_case[(name, payload.name)] = dropped
                 per_request = 1e6 * cpu / max(sent / 2, 1)
-                logger_cpu[(name, payload.name)] = f"{per_request:.0f} us"
+                logger_cpu[(name, payload.name)] = f"{per_request:.0f} us/request"
                 note = (
                     f"events sent {sent:.0f} dropped {dropped:.0f}; "
                     f"logger CPU {per_request:.0f} us/request"
                 )
+                if store_pid is not None:
+                    store_us = 1e6 * events[name]["store"] / max(sent / 2, 1)
+                    logger_cpu[(name, payload.name)] += f" (object store {store_us:.0f} us)"
+                    note += f", object store CPU {store_us:.0f} us/request"
             row = Row(name, payload, result, note)
             results.append(row)
             spread = ", ".join(f"{r.rps:.0f}" for r in runs[name])
@@ -1053,7 +1074,7 @@ def run(
                     cost <= 0.10 and lost == 0,
                     f"{100 * cost:.1f}% ({spread_of(pairs)}; all rounds "
                     f"{100 * overall:.1f}%), {lost:.0f} events dropped, "
-                    f"logger CPU {logger_cpu.get((server, payload.name), '?')}/request; "
+                    f"logger CPU {logger_cpu.get((server, payload.name), '?')}; "
                     f"predictor CPU {own_on:.0f} us/request, {own_on / max(own_off, 1e-9):.2f}x "
                     "its partner's",
                 ),
