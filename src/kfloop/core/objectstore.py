@@ -31,6 +31,7 @@ from typing import TypeVar
 import urllib3
 from minio import Minio
 from minio.error import S3Error
+from minio.helpers import ObjectWriteResult
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from kfloop.core.errors import (
@@ -122,6 +123,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _object_target(uri: S3Uri | str) -> S3Uri:
+    """``uri`` as an object's address; a folder (no key, or a key ending in ``/``) is refused."""
+    target = S3Uri.parse(uri) if isinstance(uri, str) else uri
+    if not target.key or target.key.endswith("/"):
+        raise ConfigError("uri", f"{target} names a folder; give the object key")
+    return target
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -279,25 +288,20 @@ class ObjectStore:
         create_bucket: bool = True,
     ) -> ObjectInfo:
         """Upload one file; its SHA-256 goes with it as metadata."""
-        target = S3Uri.parse(uri) if isinstance(uri, str) else uri
+        target = _object_target(uri)
         source = Path(path)
         if not source.is_file():
             raise ObjectNotFound(f"cannot upload {source}: no such file")
-        if not target.key or target.key.endswith("/"):
-            raise ConfigError("uri", f"{target} names a folder; give the object key")
         digest = sha256_file(source)
         size = source.stat().st_size
         result = self._upload(
             target,
             f"uploading {source} to {target}",
-            lambda: self.client.fput_object(
-                target.bucket,
-                target.key,
-                str(source),
-                content_type=content_type,
-                metadata={SHA256_META: digest},
-                part_size=_PART_SIZE,
+            lambda **options: self.client.fput_object(
+                target.bucket, target.key, str(source), **options
             ),
+            content_type,
+            digest,
             create_bucket,
         )
         log.debug("uploaded %s (%d bytes) to %s", source, size, target)
@@ -312,35 +316,46 @@ class ObjectStore:
     ) -> ObjectInfo:
         """Upload bytes held in memory (no temporary file); their SHA-256 goes with them as
         metadata, as :meth:`put_file`'s."""
-        target = S3Uri.parse(uri) if isinstance(uri, str) else uri
-        if not target.key or target.key.endswith("/"):
-            raise ConfigError("uri", f"{target} names a folder; give the object key")
+        target = _object_target(uri)
         view = memoryview(data).cast("B")
         digest = hashlib.sha256(view).hexdigest()
         result = self._upload(
             target,
             f"uploading {view.nbytes} bytes to {target}",
             # A new reader for every attempt: a retry must send the whole body again.
-            lambda: self.client.put_object(
-                target.bucket,
-                target.key,
-                io.BytesIO(view),
-                view.nbytes,
-                content_type=content_type,
-                metadata={SHA256_META: digest},
-                part_size=_PART_SIZE,
+            lambda **options: self.client.put_object(
+                target.bucket, target.key, io.BytesIO(view), view.nbytes, **options
             ),
+            content_type,
+            digest,
             create_bucket,
         )
         log.debug("uploaded %d bytes to %s", view.nbytes, target)
         return ObjectInfo(uri=target, size=view.nbytes, sha256=digest, etag=result.etag)
 
-    def _upload(self, target: S3Uri, what: str, upload: Callable[[], T], create_bucket: bool) -> T:
-        """Run ``upload`` into ``target``'s bucket, created first when missing (checked once
-        per store: see ``_buckets``)."""
+    def _upload(
+        self,
+        target: S3Uri,
+        what: str,
+        send: Callable[..., ObjectWriteResult],
+        content_type: str,
+        digest: str,
+        create_bucket: bool,
+    ) -> ObjectWriteResult:
+        """Run ``send`` (given the content type, the SHA-256 metadata and the part size) into
+        ``target``'s bucket, created first when missing (checked once per store: see
+        ``_buckets``)."""
         known = target.bucket in self._buckets
         if create_bucket and not known:
             self.ensure_bucket(target.bucket)
+
+        def upload() -> ObjectWriteResult:
+            return send(
+                content_type=content_type,
+                metadata={SHA256_META: digest},
+                part_size=_PART_SIZE,
+            )
+
         try:
             return self._call(what, upload)
         except ObjectNotFound:
