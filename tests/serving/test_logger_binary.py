@@ -22,7 +22,6 @@ import tritonclient.http as triton_http
 from kfloop.core.objectstore import ObjectStore
 from kfloop.serving.events import (
     ARROW_ROWS,
-    BYTES_ARROW_ROWS,
     REQUEST_TYPE,
     RESPONSE_TYPE,
     EventError,
@@ -31,7 +30,7 @@ from kfloop.serving.events import (
     decode_response,
     parse_cloudevent,
 )
-from kfloop.serving.signature import BytesFramingError, split_bytes
+from kfloop.serving.signature import BYTES_ARROW_ROWS, BytesFramingError, split_bytes
 from tests.serving.test_logger import (  # noqa: F401  (model_dir and start_logger: fixtures)
     MODEL,
     VERSION,

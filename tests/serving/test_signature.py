@@ -25,6 +25,7 @@ from kfloop.serving.payload_events import (
     event_headers,
 )
 from kfloop.serving.signature import (
+    BYTES_ARROW_ROWS,
     BytesFramingError,
     Signature,
     SignatureError,
@@ -166,6 +167,29 @@ def test_binary_bytes_tensors_decode_to_strings_and_name_the_bad_row() -> None:
         decode_binary("plan", "BYTES", _framed(b"a") + b"\x01")
     column = v2_column(SIG.inputs[1], decode_binary("plan", "BYTES", _framed(b"x", b"")), 2)
     assert column.reshape(-1).tolist() == ["x", ""]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 5])
+@pytest.mark.parametrize(
+    "words", [["DE", "FR", "IT"], ["basic", "premium", ""], ["Zürich", "東京", "a"]]
+)
+def test_a_large_binary_bytes_tensor_decodes_as_element_by_element(
+    words: list[str], extra: int
+) -> None:
+    """From ``BYTES_ARROW_ROWS`` elements Arrow splits the tensor (one width: no loop at all):
+    the model gets the same str column as from :func:`split_bytes`, and a fault is named as
+    element by element."""
+    n = BYTES_ARROW_ROWS + extra
+    values = [words[i % len(words)] for i in range(n)]
+    raw = _framed(*(v.encode() for v in values))
+    column = v2_column(SIG.inputs[1], decode_binary("plan", "BYTES", raw), n)
+    assert column.shape == (n, 1)
+    assert column.reshape(-1).tolist() == split_bytes(raw) == values
+    assert all(type(v) is str for v in column.reshape(-1))
+    with pytest.raises(SignatureError, match=f"'plan': row {n - 1} is not valid UTF-8"):
+        decode_binary("plan", "BYTES", raw[: -len(values[-1].encode()) - 4] + _framed(b"\xff"))
+    with pytest.raises(SignatureError, match=f"binary BYTES element {n} is cut short"):
+        decode_binary("plan", "BYTES", raw + _framed(b"ab")[:-1])
 
 
 def _split_reference(raw: bytes) -> list[str]:

@@ -50,7 +50,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,13 +59,15 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from cloudevents import exceptions as ce_exceptions
 from cloudevents.http import from_http
 
 from kfloop.core.errors import DataError
 from kfloop.serving.rows import blank_to_null
-from kfloop.serving.signature import BytesFramingError, split_bytes
+from kfloop.serving.signature import (
+    BytesFramingError,
+    bytes_column,
+)
 
 try:  # orjson comes with kserve; json is the fallback
     import orjson
@@ -452,65 +453,6 @@ def decode_binary_body(body: bytes | str, header_length: int, where: str = "even
             f"add up to {offset}",
         )
     return header
-
-
-_LENGTH_AT = struct.Struct("<I").unpack_from  # a BYTES element's length prefix
-BYTES_ARROW_ROWS = 256
-"""A binary ``BYTES`` tensor of at least this many elements is read straight into Arrow
-(:func:`bytes_column`); Arrow's fixed cost per call makes smaller ones cheaper as a list (64
-short strings: 38 us against 22 us)."""
-
-
-def bytes_column(raw: bytes) -> list[str] | pa.Array:
-    """The elements of a v2 binary ``BYTES`` tensor: a list of str below
-    :data:`BYTES_ARROW_ROWS`, else an Arrow string array made without a Python object per
-    element: a loop finds where each element starts (no loop when all have one length), and
-    Arrow drops the length prefixes and checks the UTF-8. 1,024 short strings cost 160 us (45
-    us of one length), against 191 us for :func:`split_bytes` and about 35 us more to convert
-    its list.
-
-    Raises:
-        BytesFramingError: the framing does not hold (as :func:`split_bytes` says).
-    """
-    end = len(raw)
-    if end < 4 * BYTES_ARROW_ROWS:  # too few elements, whatever their lengths
-        return split_bytes(raw)
-    offsets = _equal_widths(raw)
-    if offsets is None:
-        starts: list[int] = []
-        append, offset = starts.append, 0
-        try:
-            while offset < end:
-                append(offset)
-                offset += 4 + _LENGTH_AT(raw, offset)[0]
-        except struct.error:  # a length prefix cut short
-            offset = end + 1
-        if offset != end or len(starts) < BYTES_ARROW_ROWS:
-            return split_bytes(raw)  # its error names the element
-        starts.append(end)
-        offsets = np.array(starts, np.int32)
-    framed = pa.BinaryArray.from_buffers(
-        pa.binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(raw)]
-    )
-    try:
-        return pc.binary_slice(framed, 4, end).cast(_STRING)
-    except pa.ArrowInvalid:  # not UTF-8
-        return split_bytes(raw)
-
-
-def _equal_widths(raw: bytes) -> np.ndarray | None:
-    """Where each element starts (and the end), when every element of a BYTES tensor has the
-    first one's length (codes such as countries' often do): read at once, with no loop."""
-    if len(raw) < 4:
-        return None
-    width = 4 + _LENGTH_AT(raw, 0)[0]
-    count = len(raw) // width
-    if count < BYTES_ARROW_ROWS or len(raw) % width or count >= 2**31 // width:
-        return None
-    lengths: np.ndarray = np.ndarray((count,), "<u4", raw, 0, (width,))
-    if not (lengths == width - 4).all():
-        return None
-    return np.arange(0, len(raw) + 1, width, dtype=np.int32)
 
 
 def _tensor_values(

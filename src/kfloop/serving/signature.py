@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kfloop.core.errors import DataError
 
@@ -194,6 +196,13 @@ def string_column(name: str, values: Any) -> np.ndarray:
             column = np.empty((len(values), 1), dtype=object)
             column[:, 0] = values if types <= _STR else ["" if v is None else v for v in values]
             return column
+    elif (  # a binary BYTES tensor's (decode_binary)
+        type(values) is np.ndarray
+        and values.dtype == object
+        and values.ndim == 1
+        and set(map(type, values)) <= _STR
+    ):
+        return values.reshape(-1, 1)
     flat = np.asarray(values, dtype=object).reshape(-1)
     out = np.empty((flat.size, 1), dtype=object)
     for i, value in enumerate(flat):
@@ -376,7 +385,9 @@ def v2_column(spec: InputSpec, values: Any, rows: int, *, allow_inf: bool = Fals
 
 def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray | list[str]:
     """One tensor of the v2 binary tensor extension, flat: ``FP32`` little-endian floats as
-    an array; ``BYTES`` elements (each prefixed by its 4-byte little-endian length) as str."""
+    an array; ``BYTES`` elements (each prefixed by its 4-byte little-endian length) as str, in
+    a list, or from :data:`BYTES_ARROW_ROWS` elements an object array split by Arrow
+    (:func:`bytes_column`)."""
     if datatype == FP32:
         if len(raw) % 4:
             raise SignatureError(
@@ -386,7 +397,9 @@ def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray | list[str
     if datatype != BYTES:
         raise SignatureError(name, f"datatype {datatype} is not served")
     try:
-        return split_bytes(raw)
+        column = bytes_column(raw)
+        # Arrow split the elements and checked their UTF-8; the model takes str objects.
+        return column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else column
     except BytesFramingError as exc:
         if exc.length is None:
             message = f"binary BYTES data is cut short at byte {exc.offset}"
@@ -439,6 +452,64 @@ def split_bytes(raw: bytes) -> list[str]:
                 raise BytesFramingError(len(items), offset, length, utf8=True) from None
         offset = stop
     return items
+
+
+BYTES_ARROW_ROWS = 256
+"""A binary ``BYTES`` tensor of at least this many elements is read straight into Arrow
+(:func:`bytes_column`); Arrow's fixed cost per call makes smaller ones cheaper as a list (64
+short strings: 38 us against 22 us)."""
+
+
+def bytes_column(raw: bytes) -> list[str] | pa.Array:
+    """The elements of a v2 binary ``BYTES`` tensor: a list of str below
+    :data:`BYTES_ARROW_ROWS`, else an Arrow string array made without a Python object per
+    element: a loop finds where each element starts (no loop when all have one length), and
+    Arrow drops the length prefixes and checks the UTF-8. 1,024 short strings cost 160 us (45
+    us of one length), against 191 us for :func:`split_bytes` and about 35 us more to convert
+    its list.
+
+    Raises:
+        BytesFramingError: the framing does not hold (as :func:`split_bytes` says).
+    """
+    end = len(raw)
+    if end < 4 * BYTES_ARROW_ROWS:  # too few elements, whatever their lengths
+        return split_bytes(raw)
+    offsets = _equal_widths(raw)
+    if offsets is None:
+        starts: list[int] = []
+        append, offset = starts.append, 0
+        try:
+            while offset < end:
+                append(offset)
+                offset += 4 + _BYTES_LENGTH.unpack_from(raw, offset)[0]
+        except struct.error:  # a length prefix cut short
+            offset = end + 1
+        if offset != end or len(starts) < BYTES_ARROW_ROWS:
+            return split_bytes(raw)  # its error names the element
+        starts.append(end)
+        offsets = np.array(starts, np.int32)
+    framed = pa.BinaryArray.from_buffers(
+        pa.binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(raw)]
+    )
+    try:
+        return pc.binary_slice(framed, 4, end).cast(pa.string())
+    except pa.ArrowInvalid:  # not UTF-8
+        return split_bytes(raw)
+
+
+def _equal_widths(raw: bytes) -> np.ndarray | None:
+    """Where each element starts (and the end), when every element of a BYTES tensor has the
+    first one's length (codes such as countries' often do): read at once, with no loop."""
+    if len(raw) < 4:
+        return None
+    width = 4 + _BYTES_LENGTH.unpack_from(raw, 0)[0]
+    count = len(raw) // width
+    if count < BYTES_ARROW_ROWS or len(raw) % width or count >= 2**31 // width:
+        return None
+    lengths: np.ndarray = np.ndarray((count,), "<u4", raw, 0, (width,))
+    if not (lengths == width - 4).all():
+        return None
+    return np.arange(0, len(raw) + 1, width, dtype=np.int32)
 
 
 def merge_columns(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
