@@ -158,7 +158,7 @@ base64: a third more bytes, encoded by the predictor and decoded by the logger, 
 they go as they came. JSON bodies stay in batches: they go in as they came. 1,024-row binary
 requests, batches of 64 events, 3 rounds of 5 s beside a logging-off server (logs to a
 folder): the predictor's CPU per request went from 1.07-1.13x of logging off's to
-1.00-1.12x, the logger's (event loop) from about 1,060 to 900 us, and throughput with
+1.00-1.13x, the logger's (event loop) from about 1,060 to 900 us, and throughput with
 logging on from 0.86-0.92 of logging off's to 0.87-0.96."""
 BATCH_RETRIES = 10
 BATCH_RETRY_WAIT_S = 0.25
