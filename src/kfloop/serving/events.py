@@ -64,10 +64,7 @@ from cloudevents.http import from_http
 
 from kfloop.core.errors import DataError
 from kfloop.serving.rows import blank_to_null
-from kfloop.serving.signature import (
-    BytesFramingError,
-    bytes_column,
-)
+from kfloop.serving.signature import BytesFramingError, bytes_column
 
 try:  # orjson comes with kserve; json is the fallback
     import orjson

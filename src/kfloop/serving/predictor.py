@@ -1255,8 +1255,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="cloudevents: each request and response as the KServe agent logs them (JSON "
         "CloudEvents; default); arrow: the inputs the model saw and its predictions as Arrow "
         "rows posts of up to --logger-batch-events / 2 inferences (kfloop's logger only; "
-        "no JSON for the logger to parse again); v2 inferences of 256 rows or more still go "
-        "as their request and response events",
+        f"no JSON for the logger to parse again); v2 inferences of {ROWS_BODY_ROWS} rows or "
+        "more still go as their request and response events",
     )
     parser.add_argument("--logger-source", default="", help="ce-source (default: own URL)")
     parser.add_argument("--inference-service", default="", help="ce-inferenceservicename")
