@@ -42,7 +42,7 @@ from kfloop.serving.rows import (
     encode_rows,
     feature_column,
 )
-from tests.serving.conftest import MODEL_NAME, BuiltModel
+from tests.serving.conftest import MODEL_NAME, BuiltModel, EventReceiver, start_predictor
 from tests.serving.test_event_batches import (  # noqa: F401 - start_logger: the fixture
     infer_request,
     session_post,
@@ -124,6 +124,31 @@ def test_a_post_reads_back_as_the_rows_sent() -> None:
         "DE", "FR", None, "XX",
     ]  # fmt: skip
     assert feature_column(batches, "prediction", "numeric").to_pylist() == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_arrow_string_columns_go_in_a_post_beside_numpy_ones() -> None:
+    """A large binary request's string tensor is an Arrow array (the predictor's split); a
+    post joins it with other inferences' numpy columns, and its stream is the bytes Arrow's
+    IPC stream writer writes."""
+    arrow = RowsItem(
+        "b",
+        {
+            "age": np.array([[1.0], [2.0], [3.0]], dtype=np.float32),
+            "country": pa.array(["FR", "", "XX"], pa.string()),
+        },
+        np.array([[0.5], [0.75], [1.0]], dtype=np.float32),
+        101.25,
+    )
+    items = [item("a", [31.0], ["DE"], [0.25], at=100.5), arrow, item("c", [4.0], [""], [0.0])]
+    body = encode_rows(items)
+    rows = decode_rows(body, NAMES, KINDS)
+    assert rows.ids == ["a", "b", "c"] and rows.counts.tolist() == [1, 3, 1]
+    assert feature_column([rows.batch], "country", "categorical").to_pylist() == [
+        "DE", "FR", None, "XX", None,
+    ]  # fmt: skip
+    assert feature_column([rows.batch], "age", "numeric").to_pylist() == [31.0, 1, 2, 3, 4]
+    assert encode_rows([arrow]) == ipc(pa.ipc.open_stream(encode_rows([arrow])).read_next_batch())
+    assert body == ipc(rows.batch)
 
 
 def test_unknown_and_missing_columns_are_violations_not_errors() -> None:
@@ -443,10 +468,10 @@ def test_the_predictor_logs_every_request_as_rows(
     tmp_path: Path,
 ) -> None:
     """``kfloop serve --logger-format arrow`` under 8 concurrent clients (v1, v2 JSON, one
-    row and three rows; a few v2 requests of ``ROWS_BODY_ROWS`` rows and more, JSON and
-    binary, which go as their events): the logger takes rows posts of several inferences, and
-    the Parquet holds exactly the request ids sent, with the values sent and the predictions
-    answered."""
+    row and three rows; a few v2 requests of ``ROWS_BODY_ROWS`` rows and more: JSON ones go as
+    their events, binary ones as rows with their Arrow-split strings): the logger takes rows
+    posts of several inferences, and the Parquet holds exactly the request ids sent, with the
+    values sent and the predictions answered."""
     logger, predictor, logs_root = start_logged_predictor(
         built_model, store, settings, bucket, start_logger, tmp_path,
         "--logger-format", "arrow", "--logger-batch-events", "128",
@@ -503,3 +528,56 @@ def test_the_predictor_logs_every_request_as_rows(
             assert got[numeric] == pytest.approx(row[numeric], rel=1e-6)
             assert got[categorical] == row[categorical]
             assert got["prediction"] == pytest.approx(pred, rel=1e-6)
+
+
+def test_a_large_binary_request_goes_as_rows_and_a_large_json_one_as_its_events(
+    built_model: BuiltModel,
+    sample_rows: list[dict[str, Any]],
+    event_receiver: EventReceiver,
+    tmp_path: Path,
+) -> None:
+    """In the arrow format, a JSON request of ``ROWS_BODY_ROWS`` rows or more is posted as its
+    two events, the body as it came; a binary-tensor one of the same size goes as a rows post
+    (its string tensors as the predictor split them with Arrow) holding what was sent and
+    answered."""
+    tag = f"large-{time.time_ns()}"
+    predictor = start_predictor(
+        str(built_model.package),
+        tmp_path / "predictor.log",
+        ["--logger-url", event_receiver.url, "--logger-format", "arrow"],
+    )
+    full = [r for r in sample_rows if None not in r.values()]
+    batch = (full * (ROWS_BODY_ROWS // len(full) + 2))[: ROWS_BODY_ROWS + 44]
+    try:
+        binary = binary_infer(predictor.base, built_model, batch, f"{tag}-bin")
+        assert binary.status_code == 200, binary.text
+        url, body = infer_request(predictor.base, built_model, batch, f"{tag}-json", False)
+        answer = requests.post(url, json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        events = event_receiver.wait_for(lambda e: e.headers.get("ce-id") == f"{tag}-json")
+        if len(events) < 2:  # the response event may come a moment after the request's
+            time.sleep(1)
+            events = event_receiver.wait_for(lambda e: e.headers.get("ce-id") == f"{tag}-json")
+        posts = event_receiver.wait_for(
+            lambda e: e.headers.get("content-type") == ROWS_CONTENT_TYPE and tag.encode() in e.body
+        )
+    finally:
+        predictor.stop()
+    assert sorted(e.headers["ce-type"] for e in events) == sorted(
+        ["org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"]
+    )
+    request = next(e for e in events if e.headers["ce-type"].endswith(".request"))
+    assert json.loads(request.body)["inputs"] == body["inputs"]
+    assert not event_receiver.wait_for(lambda e: e.headers.get("ce-id") == f"{tag}-bin", 0.5)
+    kinds = {n: "numeric" if n in built_model.numeric else "categorical" for n in built_model.names}
+    assert len(posts) == 1
+    rows = decode_rows(posts[0].body, built_model.names, kinds)
+    assert rows.ids == [f"{tag}-bin"] and rows.counts.tolist() == [len(batch)]
+    for name in built_model.names:
+        got = feature_column([rows.batch], name, kinds[name]).to_pylist()
+        if name in built_model.numeric:
+            assert got == pytest.approx([float(r[name]) for r in batch], rel=1e-6)
+        else:
+            assert got == [r[name] or None for r in batch]
+    predictions = feature_column([rows.batch], "prediction", "numeric").to_pylist()
+    assert predictions == pytest.approx(binary.json()["outputs"][0]["data"], rel=1e-6)

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,7 @@ import kserve
 import numpy as np
 import onnxruntime as ort
 import orjson
+import pyarrow as pa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -465,6 +466,7 @@ class OnnxPredictor(kserve.Model):
         predictions: np.ndarray,
         request_body: bytes | BinaryBody | None = None,
         response_body: bytes | None = None,
+        split: Mapping[str, pa.Array] | None = None,
     ) -> None:
         """Queue the request/response CloudEvents of one v2 inference (when logging is on).
 
@@ -478,7 +480,11 @@ class OnnxPredictor(kserve.Model):
         """
         if not self.emitter.enabled:
             return
-        if self.emitter.rows_format and (request_body is None or rows < ROWS_BODY_ROWS):
+        if self.emitter.rows_format and (
+            request_body is None or rows < ROWS_BODY_ROWS or isinstance(request_body, BinaryBody)
+        ):
+            if split:  # the logger takes Arrow's split of a binary BYTES tensor as it is
+                columns = {name: split.get(name, column) for name, column in columns.items()}
             self.emitter.emit_rows(request_id, columns, predictions)
             return
         assert self.signature is not None
@@ -538,11 +544,14 @@ class OnnxPredictor(kserve.Model):
             headers = [TensorHeader(i["name"], i["datatype"].upper(), i["shape"]) for i in inputs]
             rows = check_v2_headers(signature, headers, max_rows=self.options.max_rows_per_request)
             decoded: dict[str, np.ndarray] = {}
+            split: dict[str, pa.Array] = {}  # large binary BYTES tensors, as Arrow split them
             for item in inputs:
                 spec = signature.input(item["name"])
                 assert spec is not None
                 raw = item.get("raw")
                 data = item["data"] if raw is None else decode_binary(spec.name, spec.datatype, raw)
+                if isinstance(data, pa.Array):
+                    split[spec.name] = data
                 decoded[spec.name] = v2_column(spec, data, rows, allow_inf=self.options.allow_inf)
         except SignatureError as exc:
             REQUESTS.labels(self.name, "v2", "invalid").inc()
@@ -589,6 +598,7 @@ class OnnxPredictor(kserve.Model):
             predictions,
             request_body,
             answer if json_length is None else None,
+            split,
         )
         REQUESTS.labels(self.name, "v2", "ok").inc()
         LATENCY.labels(self.name, "v2").observe(time.perf_counter() - started)
@@ -1255,8 +1265,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="cloudevents: each request and response as the KServe agent logs them (JSON "
         "CloudEvents; default); arrow: the inputs the model saw and its predictions as Arrow "
         "rows posts of up to --logger-batch-events / 2 inferences (kfloop's logger only; "
-        f"no JSON for the logger to parse again); v2 inferences of {ROWS_BODY_ROWS} rows or "
-        "more still go as their request and response events",
+        f"no JSON for the logger to parse again); JSON v2 inferences of {ROWS_BODY_ROWS} "
+        "rows or more still go as their request and response events",
     )
     parser.add_argument("--logger-source", default="", help="ce-source (default: own URL)")
     parser.add_argument("--inference-service", default="", help="ce-inferenceservicename")

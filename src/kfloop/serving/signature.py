@@ -196,7 +196,10 @@ def string_column(name: str, values: Any) -> np.ndarray:
             column = np.empty((len(values), 1), dtype=object)
             column[:, 0] = values if types <= _STR else ["" if v is None else v for v in values]
             return column
-    elif (  # a binary BYTES tensor's (decode_binary)
+    elif isinstance(values, pa.Array) and values.type == pa.string():  # decode_binary's
+        # Arrow split the elements and checked their UTF-8; the model takes str objects.
+        return values.to_numpy(zero_copy_only=False).reshape(-1, 1)
+    elif (  # an object array of str
         type(values) is np.ndarray
         and values.dtype == object
         and values.ndim == 1
@@ -383,11 +386,12 @@ def v2_column(spec: InputSpec, values: Any, rows: int, *, allow_inf: bool = Fals
     return column
 
 
-def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray | list[str]:
+def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray | list[str] | pa.Array:
     """One tensor of the v2 binary tensor extension, flat: ``FP32`` little-endian floats as
     an array; ``BYTES`` elements (each prefixed by its 4-byte little-endian length) as str, in
-    a list, or from :data:`BYTES_ARROW_ROWS` elements an object array split by Arrow
-    (:func:`bytes_column`)."""
+    a list, or from :data:`BYTES_ARROW_ROWS` elements an Arrow string array
+    (:func:`bytes_column`; :func:`string_column` makes the model's str of it, and the
+    payload logger can send it as it is)."""
     if datatype == FP32:
         if len(raw) % 4:
             raise SignatureError(
@@ -397,9 +401,7 @@ def decode_binary(name: str, datatype: str, raw: bytes) -> np.ndarray | list[str
     if datatype != BYTES:
         raise SignatureError(name, f"datatype {datatype} is not served")
     try:
-        column = bytes_column(raw)
-        # Arrow split the elements and checked their UTF-8; the model takes str objects.
-        return column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else column
+        return bytes_column(raw)  # Arrow split the elements and checked their UTF-8
     except BytesFramingError as exc:
         if exc.length is None:
             message = f"binary BYTES data is cut short at byte {exc.offset}"
