@@ -182,11 +182,12 @@ into Arrow columns at once (:mod:`kfloop.serving.events`), on another core.
 A binary-tensor inference goes as rows at any size: from
 :data:`~kfloop.serving.signature.BYTES_ARROW_ROWS` elements its string tensors are Arrow arrays
 already, split for the model (:func:`~kfloop.serving.signature.bytes_column`), and go as they
-are. At 1,024-row binary
-requests (same set-up, two runs of 3 rounds each) the logger's event loop took 190-250 us of
-CPU per request, against 990-1,140 us for the bodies; the predictor's CPU was 1.08-1.15x that
-of logging off, against 1.02-1.10x; throughput with logging on was 0.85-0.93 of logging
-off's (mean 0.886), against 0.83-0.93 (mean 0.859)."""
+are. At 1,024-row binary requests (same set-up, two runs of 3 rounds each) the logger's event
+loop took 190-250 us of CPU per request, against 990-1,140 us for the bodies; the predictor's
+CPU was 1.08-1.15x that of logging off, against 1.02-1.10x; throughput with logging on was
+0.85-0.93 of logging off's (mean 0.886), against 0.83-0.93 (mean 0.859). The full benchmark
+read a logging cost of 14.1 % for this case, against 18.7 % in its run before the change (on
+a slower spell of the machine: the bare ASGI floor served 12 % less)."""
 ROWS_MAX_PER_POST = 4_096
 """An Arrow rows post stops growing once it holds this many rows (a bigger inference goes
 alone): about 250 KiB of the demo model, and a few milliseconds of encoding spread over the
