@@ -648,9 +648,10 @@ class PayloadEmitter:
     ) -> str | None:
         """Enqueue one inference as the model saw it, for an Arrow rows post: ``columns``
         maps each model input (in the model's order) to its values (numpy arrays of one value
-        per row: numbers, NaN missing, or str), ``predictions`` one per row. Never blocks; the
-        caller must not change the arrays after. Counted as two events (its request and its
-        response) in the sent and dropped metrics. Returns the id, or None when off."""
+        per row: numbers, NaN missing, or str; or an Arrow string array, ``""`` missing),
+        ``predictions`` one per row. Never blocks; the caller must not change the arrays
+        after. Counted as two events (its request and its response) in the sent and dropped
+        metrics. Returns the id, or None when off."""
         if not self.enabled:
             return None
         event_id = request_id or str(uuid.uuid4())
