@@ -733,10 +733,17 @@ class RetrainingTrigger:
 
     # -- records ----------------------------------------------------------------------------
 
-    def record(self, decision: str, model: str = "", **fields: Any) -> dict[str, Any]:
-        """Write one decision (JSON line, metrics, recent list) and return it."""
+    def record(
+        self, decision: str, model: str = "", *, when: float | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Write one decision (JSON line, metrics, recent list) and return it.
+
+        ``when`` is the decision's time (the clock's now if not given); a caller that also
+        publishes the time in a metric passes the same value, so the metric and the record
+        (which the metric is restored from after a restart) agree.
+        """
         assert decision in DECISIONS, decision
-        now = self.clock()
+        now = self.clock() if when is None else when
         entry: dict[str, Any] = {"at": iso_utc(now), "time": round(now, 6)}
         entry.update({"decision": decision, "model": model})
         entry.update({k: v for k, v in fields.items() if v is not None})
@@ -944,6 +951,7 @@ class RetrainingTrigger:
         slot.record = self.record(
             "started",
             model,
+            when=now,
             run_id=handle.run_id,
             starter=self.starter.kind,
             attempts=handle.attempts,
