@@ -1447,8 +1447,11 @@ class PayloadLogger:
             self._queue.put_nowait((target, batch, rows))
         self._update_gauges()
 
-    def write_batch(self, blocks: Sequence[Block], target: _Target | None = None) -> str:
-        """Write one partition's blocks as one Parquet file (blocking); returns its URI."""
+    def write_batch(self, blocks: Sequence[Block], target: _Target | None = None) -> float:
+        """Write one partition's blocks as one Parquet file (blocking); returns the seconds
+        the write took. The caller counts the file in the metrics (:meth:`_wrote`), on the
+        event loop, with the rows it no longer holds: a scrape never counts a file's rows as
+        both written and unflushed."""
         t = target or self._current()
         table = self.to_table(blocks, t)
         hour = (blocks[0].timestamp_us // _US_PER_HOUR) * _US_PER_HOUR
@@ -1461,12 +1464,15 @@ class PayloadLogger:
             use_dictionary=t.dictionary_columns,
             write_statistics=t.statistics_columns,
         )
+        return time.perf_counter() - started
+
+    def _wrote(self, target: _Target, rows: int, seconds: float) -> None:
+        """Count one written file of ``rows`` rows (event loop)."""
         m = self.metrics
-        lb = {"model": self.config.model_name, "version": t.version}
-        m.write_seconds.labels(**lb).observe(time.perf_counter() - started)
+        lb = {"model": self.config.model_name, "version": target.version}
+        m.write_seconds.labels(**lb).observe(seconds)
         m.files.labels(**lb).inc()
-        m.written.labels(**lb).inc(table.num_rows)
-        return uri
+        m.written.labels(**lb).inc(rows)
 
     async def _writer(self) -> None:
         assert self._queue is not None
@@ -1476,7 +1482,8 @@ class PayloadLogger:
             while True:
                 attempt += 1
                 try:
-                    await asyncio.to_thread(self.write_batch, batch, target)
+                    seconds = await asyncio.to_thread(self.write_batch, batch, target)
+                    self._wrote(target, rows, seconds)
                     break
                 except (KfloopError, OSError, pa.ArrowException) as exc:
                     self.metrics.write_errors.labels(
