@@ -733,17 +733,10 @@ class RetrainingTrigger:
 
     # -- records ----------------------------------------------------------------------------
 
-    def record(
-        self, decision: str, model: str = "", *, when: float | None = None, **fields: Any
-    ) -> dict[str, Any]:
-        """Write one decision (JSON line, metrics, recent list) and return it.
-
-        ``when`` is the decision's time (the clock's now if not given); a caller that also
-        publishes the time in a metric passes the same value, so the metric and the record
-        (which the metric is restored from after a restart) agree.
-        """
+    def record(self, decision: str, model: str = "", **fields: Any) -> dict[str, Any]:
+        """Write one decision (JSON line, metrics, recent list) and return it."""
         assert decision in DECISIONS, decision
-        now = self.clock() if when is None else when
+        now = self.clock()
         entry: dict[str, Any] = {"at": iso_utc(now), "time": round(now, 6)}
         entry.update({"decision": decision, "model": model})
         entry.update({k: v for k, v in fields.items() if v is not None})
@@ -945,13 +938,9 @@ class RetrainingTrigger:
         slot.run_id = handle.run_id
         for key in slot.keys:
             self._remember(key, handle.run_id)
-        now = self.clock()
-        self.cooldown_from[model] = now
-        self.metrics.last_run.labels(model=model).set(now)
         slot.record = self.record(
             "started",
             model,
-            when=now,
             run_id=handle.run_id,
             starter=self.starter.kind,
             attempts=handle.attempts,
@@ -961,6 +950,10 @@ class RetrainingTrigger:
             keys=list(slot.keys),
             **about,
         )
+        # The record's time, as load_state restores them after a restart.
+        at = slot.record["time"]
+        self.cooldown_from[model] = at
+        self.metrics.last_run.labels(model=model).set(at)
         self._follow(model, slot, handle)
         return slot.record
 
