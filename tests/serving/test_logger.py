@@ -296,6 +296,53 @@ def test_every_accepted_event_is_in_parquet_after_sigterm(
     assert len(uris) >= 4  # three by size, the rest at shutdown
 
 
+def test_large_json_requests_are_in_parquet_value_for_value(
+    start_logger: Any, store: ObjectStore, bucket: str, model_dir: Path
+) -> None:
+    """1,000-row v2 JSON requests, whose numbers the logger reads straight into Arrow
+    (:mod:`kfloop.serving.payload_json`): alone and in a batch, with missing values (read as
+    before) and without, every row is in Parquet with the values sent."""
+    model_uri = f"s3://{bucket}/models/{MODEL}/{VERSION}"
+    store.put_dir(model_dir, model_uri)
+    server = start_logger(*base_args(model_uri, f"s3://{bucket}/large", "--flush-seconds", "300"))
+    inputs = json.loads((model_dir / "metadata.json").read_text())["inputs"]
+    kinds = {i["name"]: i["kind"] for i in inputs}
+    rows, preds = traffic(3000, seed=8)
+    assert any(v is None for r in rows[:1000] for v in r.values())  # the generator's gaps
+    filled = [
+        {k: (1.5 if kinds[k] == "numeric" else "zz") if v is None else v for k, v in r.items()}
+        for r in rows
+    ]
+    starts = {"big-a": 0, "big-b": 1000, "big-c": 2000}
+    sent = {"big-a": rows[:1000], "big-b": filled[1000:2000], "big-c": filled[2000:]}
+    for eid in ("big-a", "big-b"):
+        request, response = v2_pair(eid, sent[eid], preds[starts[eid] :][:1000], "binary")
+        assert len(request[1]) > 32 * 1024  # read through simdjson
+        for event in (request, response):
+            answer = server.post(event)
+            assert answer.status_code == 200, answer.text
+    events = v2_pair("big-c", sent["big-c"], preds[2000:])  # structured, for a batch
+    batch = b"[" + b",".join(body for _, body in events) + b"]"
+    answer = server.post(({"content-type": "application/cloudevents-batch+json"}, batch))
+    assert answer.status_code == 200 and answer.json()["accepted"] == 2, answer.text
+    assert server.terminate() == 0, server.log()
+
+    table, _ = read_logs(store, f"s3://{bucket}/large/{MODEL}/{VERSION}/")
+    by_id = {r["request_id"]: r for r in table.to_pylist()}
+    assert len(by_id) == table.num_rows == 3000
+    for eid, start in starts.items():
+        for j, row in enumerate(sent[eid]):
+            logged = by_id[f"{eid}:{j}"]
+            assert logged["prediction"] == pytest.approx(preds[start + j], rel=1e-6), (eid, j)
+            for name, value in row.items():
+                want = value if value is None or isinstance(value, str) else float(value)
+                assert logged[name] == (want or None if isinstance(want, str) else want), (
+                    eid,
+                    j,
+                    name,
+                )
+
+
 def test_bad_events_are_refused_with_a_reason(
     start_logger: Any, tmp_path: Path, model_dir: Path
 ) -> None:

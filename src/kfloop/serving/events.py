@@ -63,6 +63,7 @@ from cloudevents import exceptions as ce_exceptions
 from cloudevents.http import from_http
 
 from kfloop.core.errors import DataError
+from kfloop.serving.payload_json import load_envelopes, load_payload
 from kfloop.serving.rows import blank_to_null
 from kfloop.serving.signature import BytesFramingError, bytes_column
 
@@ -241,7 +242,7 @@ def _inference_event(
                 data = decode_binary_body(raw, header_length, where)
             else:
                 try:
-                    data = _loads(raw)
+                    data = load_payload(raw)
                 except ValueError as exc:
                     data = _binary_or_raise(raw, where, exc)
     return InferenceEvent(
@@ -300,7 +301,7 @@ def parse_cloudevent_batch(body: bytes | str) -> list[InferenceEvent | EventErro
             empty array, an element that is not a JSON object; the message names the index).
     """
     try:
-        items = _loads(body)
+        items = load_envelopes(body)
     except ValueError as exc:
         raise EventError("bad_batch", f"CloudEvents batch is not JSON: {exc}") from None
     if not isinstance(items, list):
@@ -580,7 +581,9 @@ def _arrow_column(values: list[Any] | np.ndarray, numeric: bool) -> pa.Array | N
         if numeric and values.dtype.kind in "fiub":
             return pa.array(values.astype(np.float64, copy=False), _FLOAT64, from_pandas=True)
         return None
-    if isinstance(values, pa.Array):  # a binary BYTES tensor's (bytes_column)
+    if isinstance(values, pa.Array):  # a binary BYTES tensor's, a JSON tensor's numbers
+        if values.type == _FLOAT64:  # payload_json: float64 and no null
+            return values if numeric else None
         if numeric or values.type != _STRING:
             return None
         return blank_to_null(values) if _has_blank(values) else values
