@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -19,7 +21,24 @@ from kfloop.serving.events import (
     decode_response,
     parse_cloudevent_batch,
 )
-from kfloop.serving.payload_json import FAST_BYTES, MIN_ARRAY, load_envelopes, load_payload
+from kfloop.serving.fastpath import plain_v2
+from kfloop.serving.payload_json import (
+    FAST_BYTES,
+    MIN_ARRAY,
+    load_envelopes,
+    load_payload,
+    load_request,
+)
+from kfloop.serving.signature import (
+    CATEGORICAL,
+    NUMERIC,
+    InputSpec,
+    Signature,
+    SignatureError,
+    TensorHeader,
+    check_v2_headers,
+    v2_column,
+)
 
 SCHEMA = FeatureSchema(
     ("age", "income", "country"), {"age": "numeric", "income": "numeric", "country": "categorical"}
@@ -245,3 +264,90 @@ def test_a_batch_of_small_events_is_read_by_orjson() -> None:
     raw = _body([_envelope(f"e{i}", "request", one) for i in range(400)])
     assert len(raw) >= FAST_BYTES  # long, but of many small events
     assert load_envelopes(raw) == orjson.loads(raw)
+
+
+# -- the predictor's reading ---------------------------------------------------------------------
+
+SIGNATURE = Signature(
+    (
+        InputSpec("age", NUMERIC, "tensor(float)"),
+        InputSpec("country", CATEGORICAL, "tensor(string)"),
+    ),
+    "prediction",
+)
+
+
+def _served(read: Any, raw: bytes) -> Any:
+    """What the predictor's fast path makes of a body: each input's model column, or the
+    error it answers, or None when it leaves the body to KServe."""
+    try:
+        plain = plain_v2(read(raw))
+    except ValueError:
+        return "not JSON"
+    if plain is None:
+        return None
+    try:
+        headers = [TensorHeader(i["name"], i["datatype"], i["shape"]) for i in plain.inputs]
+        rows = check_v2_headers(SIGNATURE, headers, max_rows=10_000)
+        columns = {}
+        for item in plain.inputs:
+            spec = SIGNATURE.input(item["name"])
+            assert spec is not None
+            column = v2_column(spec, item["data"], rows)
+            values = column[:, 0].tolist()
+            columns[item["name"]] = (
+                column.dtype.str,
+                [None if isinstance(v, float) and math.isnan(v) else v for v in values],
+            )
+    except SignatureError as exc:
+        return str(exc)
+    return columns
+
+
+def test_a_large_request_reads_the_numbers_of_its_numeric_inputs_into_numpy() -> None:
+    n = 1024
+    ages = [i / 7 for i in range(n)]
+    payload = {
+        "inputs": [
+            {"name": "age", "shape": [n, 1], "datatype": "FP32", "data": ages},
+            {"name": "country", "shape": [n, 1], "datatype": "BYTES", "data": ["DE"] * n},
+            {"name": "other", "shape": [n], "datatype": "FP32", "data": ages},
+        ],
+        "parameters": {},
+    }
+    raw = json.dumps(payload).encode()  # ", " separators, as requests and most clients write
+    assert len(raw) >= FAST_BYTES
+    read = load_request(raw, SIGNATURE.numeric_names)
+    age, country, other = (t["data"] for t in read["inputs"])
+    assert isinstance(age, np.ndarray) and age.dtype == np.float64 and age.tolist() == ages
+    assert country == ["DE"] * n and other == ages  # not a numeric input: as orjson reads it
+    assert _served(lambda b: load_request(b, SIGNATURE.numeric_names), raw) == _served(
+        orjson.loads, raw
+    )
+    nested = json.dumps(
+        {**payload, "inputs": [{**payload["inputs"][0], "data": [[a] for a in ages]}]}
+    )
+    assert load_request(nested.encode(), SIGNATURE.numeric_names) == orjson.loads(nested)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ages=_DATA, countries=_DATA, compact=st.booleans())
+def test_requests_are_served_as_from_orjson_s_reading(
+    ages: Any, countries: Any, compact: bool
+) -> None:
+    """Whatever a numeric input's data holds (numbers past float32 or 64 bits, nulls,
+    booleans, strings, lists after a number), the predictor makes the same model columns, or
+    answers the same error, as from orjson's reading."""
+
+    def tensor(name: str, data: Any, datatype: str) -> dict[str, Any]:
+        size = len(data) if isinstance(data, list) else 1
+        return {"name": name, "shape": [size, 1], "datatype": datatype, "data": data}
+
+    payload = {
+        "inputs": [tensor("age", ages, "FP32"), tensor("country", countries, "BYTES")],
+        "id": "x" * FAST_BYTES,
+    }
+    separators = (",", ":") if compact else (", ", ": ")
+    raw = json.dumps(payload, separators=separators).encode()
+    fast = _served(lambda b: load_request(b, SIGNATURE.numeric_names), raw)
+    assert fast == _served(orjson.loads, raw)

@@ -132,6 +132,44 @@ def test_bad_input_is_400_naming_the_input_on_both_paths(
     assert "1025 rows" in fast.json()["error"]
 
 
+def test_large_json_bodies_answer_as_kserve_answers(
+    predictor: PredictorProcess, built_model: BuiltModel, sample_rows: list[dict[str, Any]]
+) -> None:
+    """1,024-row JSON bodies, whose numbers the fast path reads straight into numpy
+    (:func:`kfloop.serving.payload_json.load_request`): the same answer as KServe's route,
+    valid or not, however the numbers are written."""
+    rows = _rows(sample_rows, 1024)
+    name = next(n for n in built_model.names if n in built_model.numeric)
+
+    def body(label: str, change: Any) -> dict[str, Any]:
+        out = {"id": label, **v2_body(built_model, rows)}
+        for item in out["inputs"]:
+            if item["name"] == name:
+                item["data"] = change(list(item["data"]))
+        return out
+
+    def at_700(value: Any) -> Any:
+        return lambda data: [*data[:700], value, *data[701:]]
+
+    cases = {
+        "as sent": (lambda data: data, 200),
+        "integers": (lambda data: [round(v) for v in data], 200),
+        "nested": (lambda data: [[v] for v in data], 200),
+        "null at row 700": (at_700(None), 200),
+        "text at row 700": (at_700("a"), 400),
+        "list at row 700": (at_700([1.0, 2.0]), 400),
+        "float32 overflow at row 700": (at_700(1e39), 400),
+    }
+    for label, (change, status) in cases.items():
+        fast, slow = _both(predictor, body(label, change))
+        assert fast.status_code == slow.status_code == status, (label, fast.text, slow.text)
+        if status == 200:
+            assert fast.content == slow.content, label
+        else:
+            assert repr(name) in fast.json()["error"], (label, fast.text)
+            assert repr(name) in slow.json()["error"], (label, slow.text)
+
+
 def test_what_the_fast_path_leaves_to_kserve(
     predictor: PredictorProcess, built_model: BuiltModel, sample_rows: list[dict[str, Any]]
 ) -> None:

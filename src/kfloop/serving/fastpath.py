@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 from prometheus_client import Counter
 
 from kfloop.core.errors import ConfigError
 from kfloop.serving.payload_events import BinaryBody
+from kfloop.serving.payload_json import load_request
 
 ADMIN_TOKEN_ENV = "KFLOOP_SERVING_ADMIN_TOKEN"
 REPOSITORY_PREFIX = "/v2/repository/models/"
@@ -162,6 +164,8 @@ class FastInferModel(Protocol):
 
     name: str
     ready: bool
+    fast_numeric_inputs: frozenset[str]
+    """Inputs whose JSON data may come as a float64 array (:func:`load_request`)."""
 
     def fast_version_ok(self, version: str | None) -> bool: ...
 
@@ -192,7 +196,8 @@ def _replay(first: bytes, more: bool, receive: Receive) -> Receive:
 
 @dataclass(frozen=True)
 class PlainV2:
-    """A v2 request the fast path answers: its inputs (``data`` list, or ``raw`` bytes of the
+    """A v2 request the fast path answers: its inputs (``data`` list, a float64 array of a
+    numeric input's numbers (:func:`load_request`), or ``raw`` bytes of the
     binary tensor extension), its ``id`` and whether the answer is a binary tensor."""
 
     inputs: list[dict[str, Any]]
@@ -257,7 +262,7 @@ def plain_v2(payload: Any, raw: bytes | None = None) -> PlainV2 | None:
                 return None
             item["raw"] = raw[offset : offset + size]
             offset += size
-        elif not isinstance(item.get("data"), list):
+        elif not isinstance(item.get("data"), list | np.ndarray):  # load_request's numbers
             return None
     if raw is not None and offset != len(raw):
         return None
@@ -354,7 +359,7 @@ class PredictorFront:
         plain = None
         try:
             if header_length is None:
-                plain = plain_v2(orjson.loads(body))
+                plain = plain_v2(load_request(body, model.fast_numeric_inputs))
             elif header_length <= len(body):
                 plain = plain_v2(orjson.loads(body[:header_length]), body[header_length:])
         except orjson.JSONDecodeError:

@@ -515,6 +515,12 @@ class OnnxPredictor(kserve.Model):
 
     # the raw ASGI fast path (kfloop.serving.fastpath) ---------------------------------------------
 
+    @property
+    def fast_numeric_inputs(self) -> frozenset[str]:
+        """The numeric inputs (their JSON data may come as a float64 array)."""
+        signature = self.signature
+        return frozenset() if signature is None else signature.numeric_names
+
     def fast_version_ok(self, version: str | None) -> bool:
         """Whether the fast path may answer ``/versions/<version>/infer`` (the served one)."""
         return version is None or version == str(self.metadata.get("version", ""))

@@ -29,6 +29,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ class Signature:
     @property
     def names(self) -> list[str]:
         return [i.name for i in self.inputs]
+
+    @cached_property
+    def numeric_names(self) -> frozenset[str]:
+        """The names of the numeric inputs."""
+        return frozenset(i.name for i in self.inputs if i.kind == NUMERIC)
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -167,7 +173,8 @@ def check_rows(rows: int, max_rows: int) -> int:
 def numeric_column(name: str, values: Any, *, allow_inf: bool = False) -> np.ndarray:
     """Values (list or array) as float32 ``(n, 1)``; None/NaN = missing; Inf per policy."""
     try:
-        array = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+        with np.errstate(over="ignore"):  # past float32's range: inf, refused below
+            array = np.asarray(values, dtype=np.float32).reshape(-1, 1)
     except (TypeError, ValueError):
         raise SignatureError(
             name, f"expected numbers ({FP32}) for this numeric feature, got non-numeric data"
