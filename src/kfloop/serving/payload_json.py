@@ -1,11 +1,12 @@
-"""JSON inference payloads read for the logger: a v2 tensor's numbers straight into Arrow.
+"""JSON inference payloads with a v2 tensor's numbers read straight into Arrow or numpy.
 
-:func:`load_payload` gives what ``orjson.loads`` gives, except that the ``data`` of a v2
-tensor (an element of an ``inputs`` or ``outputs`` list) of :data:`MIN_ARRAY` or more values,
-all numbers (nested lists flattened), is a float64 Arrow array with no null (JSON has no NaN),
-which :mod:`kfloop.serving.events` takes as the column it would have made of the list.
-:func:`load_envelopes` does the same for the ``data`` of structured-mode CloudEvents, one or a
-batched-mode array of them.
+For the payload logger, :func:`load_payload` gives what ``orjson.loads`` gives, except that
+the ``data`` of a v2 tensor (an element of an ``inputs`` or ``outputs`` list) of
+:data:`MIN_ARRAY` or more values, all numbers (nested lists flattened), is a float64 Arrow
+array with no null (JSON has no NaN), which :mod:`kfloop.serving.events` takes as the column
+it would have made of the list. :func:`load_envelopes` does the same for the ``data`` of
+structured-mode CloudEvents, one or a batched-mode array of them. For the predictor,
+:func:`load_request` reads the flat numbers of its numeric inputs into float64 numpy arrays.
 
 The document is parsed by simdjson (``pysimdjson``) into its own tape, and only what the
 decoders read becomes Python objects: a 1,024-row request's numbers are copied out of the
