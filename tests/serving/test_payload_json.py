@@ -93,10 +93,20 @@ def test_a_large_v2_request_reads_its_numbers_into_arrow() -> None:
     age, income, country = (t["data"] for t in tree["inputs"])
     assert isinstance(age, pa.Array) and age.type == pa.float64() and age.null_count == 0
     assert age.to_pylist() == ages  # nested [[a], ...] flattened, as the decoders flatten it
-    assert isinstance(income, pa.Array) and income.to_pylist() == [float(v) for v in incomes]
+    # A flat tensor in a body where a list follows a comma (the nested one's) is walked.
+    assert income == incomes
     assert country == countries  # strings stay what orjson gives
     assert tree["id"] == "r1" and tree["parameters"] == {"content_type": "pd", **PAD}
     assert [t["shape"] for t in tree["inputs"]] == [[n, 1], [n], [n, 1]]
+    assert _decoded(tree) == _decoded(orjson.loads(raw))
+
+    payload["inputs"][0]["data"] = ages  # every tensor flat: every number into Arrow
+    raw = _body(payload)
+    tree = load_payload(raw)
+    age, income, country = (t["data"] for t in tree["inputs"])
+    assert isinstance(age, pa.Array) and age.to_pylist() == ages
+    assert isinstance(income, pa.Array) and income.to_pylist() == [float(v) for v in incomes]
+    assert country == countries
     assert _decoded(tree) == _decoded(orjson.loads(raw))
 
     small = _body(
