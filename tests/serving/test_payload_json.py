@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from kfloop.serving.events import (
     EventError,
-    FeatureSchema,
     _values,
     decode_request,
     decode_response,
@@ -39,10 +38,8 @@ from kfloop.serving.signature import (
     check_v2_headers,
     v2_column,
 )
+from tests.serving.test_events import SCHEMA  # age, income (numeric), country
 
-SCHEMA = FeatureSchema(
-    ("age", "income", "country"), {"age": "numeric", "income": "numeric", "country": "categorical"}
-)
 PAD = {"pad": "x" * FAST_BYTES}  # makes any payload long enough to be read by simdjson
 
 
