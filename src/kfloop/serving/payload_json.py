@@ -32,9 +32,9 @@ import pyarrow as pa
 import simdjson
 
 FAST_BYTES = 32 * 1024
-"""Payloads shorter than this are read by ``orjson`` alone (a batch: when its events average
-less). A lazy document costs a call per key, and below about 256 rows a tensor's numbers save
-less than that: decoding a request of the demo model's 11 features (orjson, then
+"""Payloads shorter than this are read by ``orjson`` alone (a batch: when its first four
+events start within four times this, :func:`_small_events`). A lazy document costs a call
+per key, and below about 256 rows a tensor's numbers save less than that: decoding a request of the demo model's 11 features (orjson, then
 :func:`~kfloop.serving.events.decode_request`) took 11 us at 1 row against 28 us through
 simdjson, 143 against 144 us at 256 rows (20 KB), 447 against 359 us at 1,024 rows (77 KB);
 a batch of 64 one-row events, 668 against 1,907 us."""
@@ -93,6 +93,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _doubles(value: simdjson.Array, first: Any) -> np.ndarray | None:
+    """Every number of ``value`` (nested lists flattened) as float64, or None when its
+    ``first`` number is not one or a null, a string or a boolean comes further on."""
+    if type(first) not in _NUMBERS:
+        return None
+    try:
+        return np.frombuffer(value.as_buffer(of_type="d"), _FLOAT64)
+    except TypeError:
+        return None
+
+
 class _Reader:
     """Converts one simdjson document (parsed from ``raw``) as ``orjson`` would read it, but
     for the numbers of v2 tensors."""
@@ -115,11 +126,9 @@ class _Reader:
         nested = isinstance(first, simdjson.Array)
         while isinstance(first, simdjson.Array) and len(first):  # nested: its first number
             first = first[0]
-        if type(first) not in _NUMBERS:
-            return value.as_list()
-        try:  # every nested list flattened, as the decoders flatten a tensor whose first is one
-            doubles = np.frombuffer(value.as_buffer(of_type="d"), _FLOAT64)
-        except TypeError:  # a null, a string, a boolean further on: the decoders walk it
+        # Every nested list is flattened, as the decoders flatten a tensor whose first is one.
+        doubles = _doubles(value, first)
+        if doubles is None:
             return value.as_list()
         # A flat tensor (its first value a number) is walked value by value, where a list in it
         # is read as its one value or is a wrong type, not flattened: taken only when no list
@@ -180,12 +189,8 @@ class _RequestReader(_Reader):
         float64; anything else as ``orjson`` gives it."""
         if not isinstance(value, simdjson.Array) or len(value) < MIN_ARRAY:
             return _plain(value)
-        if type(value[0]) not in _NUMBERS:
-            return value.as_list()
-        try:
-            return np.frombuffer(value.as_buffer(of_type="d"), _FLOAT64)
-        except TypeError:  # a null, a string, a boolean further on
-            return value.as_list()
+        doubles = _doubles(value, value[0])
+        return value.as_list() if doubles is None else doubles
 
 
 def _small_events(raw: bytes) -> bool:
