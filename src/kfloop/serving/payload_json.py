@@ -34,10 +34,11 @@ import simdjson
 FAST_BYTES = 32 * 1024
 """Payloads shorter than this are read by ``orjson`` alone (a batch: when its first four
 events start within four times this, :func:`_small_events`). A lazy document costs a call
-per key, and below about 256 rows a tensor's numbers save less than that: decoding a request of the demo model's 11 features (orjson, then
-:func:`~kfloop.serving.events.decode_request`) took 11 us at 1 row against 28 us through
-simdjson, 143 against 144 us at 256 rows (20 KB), 447 against 359 us at 1,024 rows (77 KB);
-a batch of 64 one-row events, 668 against 1,907 us."""
+per key, and below about 256 rows a tensor's numbers save less than that: decoding a request
+of the demo model's 11 features (orjson, then :func:`~kfloop.serving.events.decode_request`)
+took 11 us at 1 row against 28 us through simdjson, 143 against 144 us at 256 rows (20 KB),
+447 against 359 us at 1,024 rows (77 KB); a batch of 64 one-row events, 668 against 1,907
+us."""
 
 MIN_ARRAY = 16
 """A tensor's ``data`` of fewer values stays a list (the decoders keep short columns as
