@@ -107,7 +107,7 @@ def test_lock_installs_into_a_clean_environment_as_the_dockerfile_does(
         "UV_PROJECT_ENVIRONMENT": str(venv),
         "UV_PYTHON_DOWNLOADS": "never",
         "UV_OFFLINE": "1",
-        # Link from the cache (`make` exports UV_LINK_MODE=copy: 2.8 GB for the pipeline).
+        # Link from the cache, as `make` does (a copy is 2.8 GB for the pipeline).
         "UV_LINK_MODE": "hardlink",
     }
     env.pop("VIRTUAL_ENV", None)
