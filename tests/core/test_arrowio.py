@@ -95,6 +95,28 @@ def test_parquet_dictionaries_only_for_the_named_columns(tmp_path: Path) -> None
     assert pq.read_table(named).equals(table)
 
 
+def test_a_dictionary_over_its_cap_falls_back_to_plain_values(tmp_path: Path) -> None:
+    """Few distinct numbers keep their dictionary; many stop theirs at the cap, and the rest
+    of the column is plain values (8 bytes each) instead of a dictionary of every value plus
+    indices."""
+    n, cap = 10_000, 1024
+    rng = np.random.default_rng(1)
+    table = pa.table({"count": rng.integers(0, 5, n).astype(float), "amount": rng.random(n)})
+    capped, uncapped = tmp_path / "capped.parquet", tmp_path / "uncapped.parquet"
+    write_parquet(table, capped, dictionary_page_bytes=cap)
+    write_parquet(table, uncapped)
+
+    def sizes(path: Path) -> list[int]:
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        assert all(group.column(i).has_dictionary_page for i in range(2))
+        return [group.column(i).total_uncompressed_size for i in range(2)]
+
+    (count, amount), (count_full, amount_full) = sizes(capped), sizes(uncapped)
+    assert count == count_full < n  # 5 values: indices of a few bits each
+    assert amount <= 8 * n + 2 * cap < amount_full
+    assert pq.read_table(capped).equals(table)
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_s3_writes_from_memory_and_through_a_file_agree(
     store: ObjectStore, bucket: str, monkeypatch: pytest.MonkeyPatch, in_memory: bool

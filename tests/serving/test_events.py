@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 from cloudevents.conversion import to_binary, to_structured
-from cloudevents.http import CloudEvent
+from cloudevents.http import CloudEvent, from_http
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +22,7 @@ from kfloop.serving.events import (
     Kind,
     _Checker,
     _values,
+    binary_attributes,
     decode_request,
     decode_response,
     parse_cloudevent,
@@ -71,6 +72,19 @@ def test_fast_binary_parse_equals_the_sdk(mode: str) -> None:
     ev = _event("response", "id%20x", {"predictions": [0.5]}, time="2026-01-02T03:04:05Z")
     headers, body = (to_binary if mode == "binary" else to_structured)(ev)
     assert parse_cloudevent(headers, body) == parse_cloudevent(headers, body, use_sdk=True)
+
+
+def test_binary_attributes_are_the_sdks() -> None:
+    """The attributes read through to the ce-* headers are the SDK's, as a mapping."""
+    ev = _event("request", "id-7", {"instances": []}, time="2026-01-02T03:04:05Z")
+    headers, body = to_binary(ev)
+    lower = {k.lower(): v for k, v in headers.items()}
+    attrs = binary_attributes(lower)
+    sdk = dict(from_http(lower, body).get_attributes())
+    assert attrs == sdk
+    assert dict(attrs) == sdk and len(attrs) == len(sdk) and set(attrs) == set(sdk)
+    assert "namespace" in attrs and "content-type" not in attrs
+    assert attrs.get("dataschema") is None and attrs["id"] == "id-7"
 
 
 def test_parse_agent_style_binary_headers() -> None:

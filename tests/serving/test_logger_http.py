@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 import time
+from email.utils import parsedate_to_datetime
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -130,10 +131,12 @@ def test_a_busy_connection_outlives_the_keep_alive_timeout_after_pipelined_posts
 ) -> None:
     """Posts pipelined in one read each armed a keep-alive timer and only the last was
     cancelled by the next read: 5 s (uvicorn's keep-alive timeout) after a burst the logger
-    closed a connection that was never idle for more than 0.3 s."""
+    closed a connection that was never idle for more than 0.3 s. The answers' date header
+    follows the clock (the usual answer is built once per second, not once per post)."""
     server = start_logger(*base_args(str(model_dir), str(tmp_path / "logs")))
     sock, f = connect(server)
     ids = []
+    dates: list[tuple[float, str]] = []
     with sock, f:
         burst = [e for i in range(4) for e in pair(f"burst-{i}", i)]
         sock.sendall(b"".join(request_bytes(e) for e in burst))
@@ -147,10 +150,14 @@ def test_a_busy_connection_outlives_the_keep_alive_timeout_after_pipelined_posts
                 sock.sendall(request_bytes(event))
                 status, headers, _ = read_response(f)
                 assert status == 200 and "connection" not in headers
+                dates.append((time.time(), headers["date"]))
             n += 1
     assert server.terminate() == 0, server.log()
     table = logged(tmp_path / "logs")
     assert set(ids) <= set(table.column("request_id").to_pylist())
+    for now, date in dates:  # HTTP dates have whole seconds; uvicorn renews them each second
+        assert abs(now - parsedate_to_datetime(date).timestamp()) < 2.5, (now, date)
+    assert len({date for _, date in dates}) >= 5
 
 
 def test_http_1_0_is_answered_then_closed_and_expect_100_continue_is_honoured(

@@ -52,22 +52,9 @@ def _format_of(path: str) -> str:
     )
 
 
-def _encode(
-    table: pa.Table,
-    sink: str | pa.NativeFile,
-    fmt: str,
-    compression: str,
-    use_dictionary: bool | Sequence[str],
-    write_statistics: bool | Sequence[str],
-) -> None:
+def _encode(table: pa.Table, sink: str | pa.NativeFile, fmt: str, parquet: dict[str, Any]) -> None:
     if fmt == "parquet":
-        pq.write_table(
-            table,
-            sink,
-            compression=compression,
-            use_dictionary=use_dictionary,
-            write_statistics=write_statistics,
-        )
+        pq.write_table(table, sink, **parquet)
     elif isinstance(sink, str):
         with pa.OSFile(sink, "wb") as handle, ipc.new_file(handle, table.schema) as writer:
             writer.write_table(table)
@@ -76,20 +63,13 @@ def _encode(
             writer.write_table(table)
 
 
-def _write_local(
-    table: pa.Table,
-    path: Path,
-    fmt: str,
-    compression: str,
-    use_dictionary: bool | Sequence[str] = True,
-    write_statistics: bool | Sequence[str] = True,
-) -> None:
+def _write_local(table: pa.Table, path: Path, fmt: str, parquet: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _encode(table, str(tmp), fmt, compression, use_dictionary, write_statistics)
+        _encode(table, str(tmp), fmt, parquet)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -110,6 +90,7 @@ def write_table(
     compression: str = "zstd",
     use_dictionary: bool | Sequence[str] = True,
     write_statistics: bool | Sequence[str] = True,
+    dictionary_page_bytes: int | None = None,
 ) -> TableInfo:
     """Write ``table`` as Parquet or Arrow IPC (by suffix) to a path or ``s3://`` URI.
 
@@ -117,24 +98,34 @@ def write_table(
     named ones (dictionaries of unique ids or continuous floats are built and thrown away).
     ``write_statistics``: Parquet min/max statistics for every column (True), or only the
     named ones (those of strings cost the most and serve readers the least).
+    ``dictionary_page_bytes``: a column's dictionary stops growing at this size, and the rest
+    of the column is written as plain values (Parquet's ``dictionary_pagesize_limit``; None:
+    pyarrow's 1 MiB).
     """
     target = os.fspath(dest)
     fmt = _format_of(target)
+    parquet: dict[str, Any] = {
+        "compression": compression,
+        "use_dictionary": use_dictionary,
+        "write_statistics": write_statistics,
+    }
+    if dictionary_page_bytes is not None:
+        parquet["dictionary_pagesize_limit"] = dictionary_page_bytes
     if is_s3_uri(target):
         if store is None:
             store = ObjectStore.from_env()
         if table.nbytes <= IN_MEMORY_UPLOAD_BYTES:
             sink = pa.BufferOutputStream()
-            _encode(table, sink, fmt, compression, use_dictionary, write_statistics)
+            _encode(table, sink, fmt, parquet)
             info = store.put_bytes(sink.getvalue(), target)
         else:
             with tempfile.TemporaryDirectory(prefix="kfloop-write-") as tmp:
                 local = Path(tmp) / Path(S3Uri.parse(target).key).name
-                _write_local(table, local, fmt, compression, use_dictionary, write_statistics)
+                _write_local(table, local, fmt, parquet)
                 info = store.put_file(local, target)
         return TableInfo(table.num_rows, table.num_columns, info.sha256 or "", info.size, target)
     path = Path(target)
-    _write_local(table, path, fmt, compression, use_dictionary, write_statistics)
+    _write_local(table, path, fmt, parquet)
     return TableInfo(
         table.num_rows, table.num_columns, sha256_file(path), path.stat().st_size, str(path)
     )
@@ -147,12 +138,19 @@ def write_parquet(
     *,
     use_dictionary: bool | Sequence[str] = True,
     write_statistics: bool | Sequence[str] = True,
+    dictionary_page_bytes: int | None = None,
 ) -> TableInfo:
-    """Write Parquet (zstd) to a path or ``s3://`` URI; returns artifact metadata."""
+    """Write Parquet (zstd) to a path or ``s3://`` URI; returns artifact metadata. The options
+    are :func:`write_table`'s."""
     if not os.fspath(dest).lower().endswith(PARQUET_SUFFIXES):
         raise DataError(f"{dest}: a Parquet file name must end in .parquet")
     return write_table(
-        table, dest, store, use_dictionary=use_dictionary, write_statistics=write_statistics
+        table,
+        dest,
+        store,
+        use_dictionary=use_dictionary,
+        write_statistics=write_statistics,
+        dictionary_page_bytes=dictionary_page_bytes,
     )
 
 

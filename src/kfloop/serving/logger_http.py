@@ -59,6 +59,10 @@ def response_parts(
 def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` of a logger serving ``service``."""
 
+    # The usual answer, an empty 200 on a kept connection, built once per list of uvicorn's
+    # default headers (a new list each second, for its date header), not once per post.
+    ok_message: list[Any] = [None, b""]
+
     class EventsProtocol(HttpToolsProtocol):
         """One connection; see the module docs."""
 
@@ -176,9 +180,16 @@ def events_protocol(service: PayloadLogger) -> type[HttpToolsProtocol]:
         def _write(self, status: int, answer: dict[str, Any] | None) -> None:
             if self.transport.is_closing():
                 return
-            head, body = response_parts(status, answer, self.server_state.default_headers)
-            close = b"connection: close\r\n" if not self._keep_alive or self._closing else b""
-            message = b"".join((head, close, b"\r\n", body))
+            default_headers = self.server_state.default_headers
+            keep = self._keep_alive and not self._closing
+            if answer is None and keep and default_headers is ok_message[0]:
+                message = ok_message[1]
+            else:
+                head, body = response_parts(status, answer, default_headers)
+                close = b"" if keep else b"connection: close\r\n"
+                message = b"".join((head, close, b"\r\n", body))
+                if answer is None and keep:
+                    ok_message[:] = [default_headers, message]
             if self._held is not None:
                 self._held.append(message)
             else:
