@@ -13,8 +13,8 @@ import json
 import signal
 import socket
 import time
-from email.utils import parsedate_to_datetime
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
