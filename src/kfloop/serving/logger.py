@@ -122,6 +122,7 @@ from kfloop.core.errors import ConfigError, DataError, KfloopError, ObjectStoreE
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
 from kfloop.core.settings import Settings
 from kfloop.deploy.registry import pointer_uri, read_production
+from kfloop.serving.cpus import cpu_budget, fit_arrow_pool
 from kfloop.serving.drift import DriftMonitor
 from kfloop.serving.events import (
     ARROW_ROWS,
@@ -1787,6 +1788,7 @@ def logger_main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    fit_arrow_pool(cpu_budget())
     try:
         follow = bool(args.follow_production)
         if not follow:

@@ -84,6 +84,7 @@ from kfloop.core.errors import ConfigError, DataError, KfloopError
 from kfloop.core.objectstore import ObjectStore, S3Uri, is_s3_uri
 from kfloop.core.settings import Settings
 from kfloop.serving.batcher import DEFAULT_INLINE_MAX_ROWS, DynamicBatcher
+from kfloop.serving.cpus import cpu_budget, fit_arrow_pool, pool_threads
 from kfloop.serving.fastpath import ADMIN_TOKEN_ENV, AdminGuard, PredictorFront
 from kfloop.serving.heap import freeze_startup_heap
 from kfloop.serving.payload_events import (
@@ -357,8 +358,9 @@ class OnnxPredictor(kserve.Model):
         # Small batches run on the event loop: idle ONNX Runtime threads must not spin on the
         # CPUs the loop needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self.options.intra_op_threads:
-            options.intra_op_num_threads = self.options.intra_op_threads
+        threads = intra_op_threads(self.options.intra_op_threads)
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             session = ort.InferenceSession(
                 str(onnx_path), options, providers=["CPUExecutionProvider"]
@@ -1063,6 +1065,26 @@ class _BoundGRPCServer(GRPCServer):
         await self._server.wait_for_termination()
 
 
+def intra_op_threads(setting: int) -> int:
+    """ONNX Runtime's intra-op threads for ``--intra-op-threads`` (0: auto); 0 leaves its
+    default. Auto is the CPUs the pod may use (:func:`~kfloop.serving.cpus.cpu_budget`) when
+    its CPU limit or affinity gives it fewer than the node has: ONNX Runtime would size its
+    pool to the node. ``ORT_INTRA_OP_NUM_THREADS`` in the environment, which ONNX Runtime
+    reads itself, is left to it."""
+    if setting > 0 or os.environ.get("ORT_INTRA_OP_NUM_THREADS"):
+        return setting
+    budget = cpu_budget()
+    threads = pool_threads(0, budget, os.cpu_count())
+    if threads:
+        log.info(
+            "ONNX Runtime: %d intra-op threads (%s; the node has %s)",
+            threads,
+            budget.describe(),
+            os.cpu_count(),
+        )
+    return threads
+
+
 def run_event_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
     """Run ``main`` on uvloop when ``event_loop`` is ``auto`` or ``uvloop`` and it is installed
     (uvicorn's own choice for ``loop="auto"``), else on asyncio's loop.
@@ -1291,7 +1313,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-rows-per-request", type=int, default=DEFAULT_MAX_ROWS)
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--allow-inf", action="store_true", help="accept +/-Inf as missing")
-    parser.add_argument("--intra-op-threads", type=int, default=0, help="ORT threads; 0: auto")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads; 0: auto (the CPUs the pod's CPU limit and affinity "
+        "allow, else ONNX Runtime's default)",
+    )
     parser.add_argument(
         "--inline-max-rows",
         type=int,
@@ -1343,6 +1371,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         inline_max_rows=args.inline_max_rows,
         intra_op_threads=args.intra_op_threads,
     )
+    fit_arrow_pool(cpu_budget())  # binary BYTES tensors and Arrow rows posts use pyarrow
     workdir = Path(tempfile.mkdtemp(prefix="kfloop-serve-"))
     repository = HotSwapRepository(options, default_uri=args.model_uri, workdir=workdir)
     try:
