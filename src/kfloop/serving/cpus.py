@@ -2,9 +2,10 @@
 
 ONNX Runtime sizes its intra-op thread pool to the host's physical cores and pyarrow its CPU
 pool to the host's hardware threads; neither looks at the container's CPU limit. A predictor
-pod limited to 2 CPUs on a 64-core node then runs 32 intra-op threads that the kernel
-throttles to 2 CPUs' worth of time every 100 ms, which shows as long stalls in the tail of
-the latency (ONNX Runtime's issue #29510, Triton's onnxruntime_backend#245). Kubernetes turns
+pod limited to 2 CPUs on a 64-core node would run 32 intra-op threads that the kernel lets
+run 2 CPUs' worth of time every 100 ms, which its users report as stalls in the tail of the
+latency (ONNX Runtime's issue #29510, Triton's onnxruntime_backend#245; not reproducible on a
+2-core machine, where the README gives what was measured). Kubernetes turns
 ``resources.limits.cpu`` into the cgroup's quota (``cpu.max`` in cgroup v2,
 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in v1) and the static CPU manager into the
 affinity mask; :func:`cpu_budget` reads both.
@@ -83,12 +84,8 @@ def _ancestry(base: Path, path: PurePosixPath) -> Iterator[Path]:
     """``base`` joined with ``path`` and with each of its ancestors, down to ``base``
     itself (in a container the namespace's root is the container's cgroup)."""
     relative = path.relative_to("/") if path.is_absolute() else path
-    seen: set[Path] = set()
-    for part in (relative, *relative.parents):
-        candidate = base / part
-        if candidate not in seen:
-            seen.add(candidate)
-            yield candidate
+    for part in (relative, *relative.parents):  # "a/b": a/b, a, "." (base itself)
+        yield base / part
 
 
 def _read(path: Path) -> str | None:
