@@ -17,6 +17,13 @@ server in its own process, all of them up at once and loaded one at a time:
 - ``kfloop-arrow`` the same with ``--logger-format arrow --logger-batch-events 512``: the
   inputs the model saw and its predictions posted as Arrow rows, up to 256 inferences a post.
 
+- ``<name>-sink`` beside each logging-on server, the same predictor posting the same events to
+  a sink that answers 200 and keeps nothing (nginx, ``return 200``; a C server whose CPU is
+  printed: 2 to 80 us per request here): what logging costs the predictor itself, its side of the
+  posts, where the logger has CPUs of its own, as on a cluster (its own pod). What the
+  logging-on server costs beyond that is the logger's work (and SeaweedFS's) competing for
+  the same 2 cores as the predictor and wrk.
+
 Each is loaded with a batch-1 v2 JSON request (req/s) and a 1,024-row batch as v2 JSON and as
 v2 binary tensors (rows/s). A case is measured in rounds (``--rounds``, ``--seconds`` each):
 a round loads every server once, in an order rotated from round to round, so that a slow
@@ -46,7 +53,8 @@ rows in the store against what the logger accepted (zero loss).
 
 Run: ``make bench``, or ``.venv-serving/bin/python tests/benchmarks/bench_serving.py``
 (``--model-dir DIR`` reuses a folder written by ``tests/serving/model_factory.py``; else the
-demo model is built with the pipeline env, ~1 min). Needs ``wrk`` (``apt-get install wrk``).
+demo model is built with the pipeline env, ~1 min). Needs ``wrk`` and ``nginx`` (Debian's; the
+benchmark installs them with ``apt-get`` when it runs as root).
 """
 
 from __future__ import annotations
@@ -484,6 +492,60 @@ def ensure_wrk() -> None:
         )
 
 
+def ensure_nginx() -> None:
+    if shutil.which("nginx") or Path(NGINX).is_file():
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("nginx is missing: apt-get install -y nginx", flush=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "nginx"],
+            check=False,
+            capture_output=True,
+            timeout=300,
+        )
+    if not (shutil.which("nginx") or Path(NGINX).is_file()):
+        raise SystemExit(
+            "nginx is not installed: run `sudo apt-get install -y nginx` (Debian/Ubuntu) and rerun"
+        )
+
+
+NGINX = "/usr/sbin/nginx"
+SINK_CONF = """worker_processes 1;
+master_process off;
+daemon off;
+pid {home}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {home}/body;
+  proxy_temp_path {home}/proxy;
+  fastcgi_temp_path {home}/fastcgi;
+  uwsgi_temp_path {home}/uwsgi;
+  scgi_temp_path {home}/scgi;
+  client_max_body_size 256m;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 "{{}}"; }}
+  }}
+}}
+"""
+"""The sink: one nginx process (no master) that answers every request 200 and discards the
+body (``return`` reads none of it into a file), on loopback."""
+
+
+def start_sink(workdir: Path) -> Server:
+    home = workdir / "sink"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = home / "nginx.conf"
+    conf.write_text(SINK_CONF.format(home=home, port=port), encoding="utf-8")
+    binary = shutil.which("nginx") or NGINX
+    return start_server("sink", [binary, "-p", str(home), "-c", str(conf)], port, "/", workdir)
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 
 
@@ -710,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ensure_wrk()
+    ensure_nginx()
     servers: list[Server] = []
     stacks: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -810,6 +873,9 @@ def run(
     outputs: dict[str, str] = {}
     predictors: dict[str, Server] = {}
     partners: dict[str, Server] = {CONTROL: off_srv}
+    sinks: dict[str, Server] = {}  # by the logging-on server they mirror
+    sink = start_sink(workdir)
+    servers.append(sink)
     for name, extra in (
         ("kfloop-on", []),
         ("kfloop-batch", ["--logger-batch-events", str(args.batch_events)]),
@@ -826,6 +892,12 @@ def run(
         predictors[name] = start_server(name, cmd, port, "/v2/health/ready", workdir)
         servers.append(predictors[name])
         port, grpc = free_port(), free_port()
+        cmd = predictor_args(
+            port, grpc, ["--logger-url", sink.base + "/", "--namespace", "bench", *extra]
+        )
+        sinks[name] = start_server(sink_of(name), cmd, port, "/v2/health/ready", workdir)
+        servers.append(sinks[name])
+        port, grpc = free_port(), free_port()
         partners[name] = start_server(
             partner_of(name), predictor_args(port, grpc), port, "/v2/health/ready", workdir
         )
@@ -837,7 +909,9 @@ def run(
         CONTROL: control,
         **predictors,
         **{partner_of(name): partners[name] for name in predictors},
+        **{sink_of(name): sinks[name] for name in predictors},
     }
+    sink_names = {sink_of(name) for name in predictors}
     # What every server idling at once keeps busy: a quiet machine is at most a little above.
     idle_share = busy_share(2.0)
     quiet_below = max(QUIET_BUSY, idle_share + 0.05)
@@ -848,6 +922,8 @@ def run(
     )
 
     totals = {"sent": 0.0, "dropped": 0.0}
+    sink_sent: dict[str, float] = {}  # events a sink server posted over the whole run
+    sink_dropped: dict[str, float] = {}
     pair_ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
     dropped_by_case: dict[tuple[str, str], float] = {}
     logger_cpu: dict[tuple[str, str], str] = {}
@@ -874,12 +950,15 @@ def run(
         for name, srv in predictors.items():
             drain(srv)  # the warm-up's events are not this case's
             settle(loggers[name])
+        for srv in sinks.values():
+            drain(srv)
         runs: dict[str, list[WrkResult]] = {name: [] for name in by_name}
         events = {
             name: {"sent": 0.0, "dropped": 0.0, "cpu": 0.0, "store": 0.0} for name in predictors
         }
         waits = dict.fromkeys(by_name, 0.0)  # seconds waited for a quiet machine, per server
         own_cpu = dict.fromkeys(by_name, 0.0)  # the server's own CPU-seconds in its runs
+        sink_cpu = dict.fromkeys(sink_names, 0.0)  # the sink's, in a sink server's runs
 
         def load(
             name: str,
@@ -888,12 +967,16 @@ def run(
             events: dict[str, dict[str, float]] = events,
             waits: dict[str, float] = waits,
             own_cpu: dict[str, float] = own_cpu,
+            sink_cpu: dict[str, float] = sink_cpu,
         ) -> WrkResult:
             srv = by_name[name]
             waits[name] += quiet(quiet_below)
             if name not in predictors:
-                own0 = srv.cpu_seconds()
+                own0, sink0 = srv.cpu_seconds(), sink.cpu_seconds()
                 result = run_wrk(srv.base + infer, scripts[name], seconds)
+                if name in sink_names:
+                    drain(srv)  # its posts of this run's events are counted here
+                    sink_cpu[name] += sink.cpu_seconds() - sink0
                 own_cpu[name] += srv.cpu_seconds() - own0
                 runs[name].append(result)
                 return result
@@ -916,22 +999,23 @@ def run(
             return result
 
         # Each logging-on run is paired with a run of its logging-off partner right beside it
-        # (off first in even rounds, second in odd ones); the cost of logging is read from
-        # those pairs.
+        # (off first in even rounds, last in odd ones), and so is its sink server's run; the
+        # costs are read from those pairs.
         units: list[tuple[str, ...]] = [("floor",), ("kserve-min",)]
-        units += [(partners[name].name, name) for name in (*predictors, CONTROL)]
+        units += [(partners[name].name, name, sink_of(name)) for name in predictors]
+        units.append((off_srv.name, CONTROL))
         for turn in range(rounds):
             for unit in units[turn % len(units) :] + units[: turn % len(units)]:
                 if len(unit) == 1:
                     load(unit[0])
                     continue
-                off_name, name = unit
-                first, second = unit if turn % 2 == 0 else unit[::-1]
-                a, b = load(first), load(second)
-                on_run, off_run = (b, a) if first == off_name else (a, b)
-                pair_ratios[(name, payload.name)].append(
-                    on_run.rps / off_run.rps if off_run.rps else 0.0
-                )
+                order = unit if turn % 2 == 0 else unit[::-1]
+                got = {name: load(name) for name in order}
+                off_run = got[unit[0]]
+                for name in unit[1:]:
+                    pair_ratios[(name, payload.name)].append(
+                        got[name].rps / off_run.rps if off_run.rps else 0.0
+                    )
         for name in by_name:
             result = combine(runs[name])
             own_us[(name, payload.name)] = 1e6 * own_cpu[name] / max(result.ok, 1)
@@ -951,6 +1035,8 @@ def run(
                     store_us = 1e6 * events[name]["store"] / max(sent / 2, 1)
                     logger_cpu[(name, payload.name)] += f" (object store {store_us:.0f} us)"
                     note += f", object store CPU {store_us:.0f} us/request"
+            elif name in sink_names:
+                note = f"sink (nginx) CPU {1e6 * sink_cpu[name] / max(result.ok, 1):.0f} us/request"
             row = Row(name, payload, result, note)
             results.append(row)
             spread = ", ".join(f"{r.rps:.0f}" for r in runs[name])
@@ -988,7 +1074,13 @@ def run(
             f"{0 if batches != batches else batches:.0f}; logger refused: {refused_text or 'none'}",
             flush=True,
         )
-    for srv in (floor, baseline, control, *partners.values()):  # kfloop-off among the partners
+    for name, srv in sinks.items():
+        drain(srv)
+        final = scrape(srv)
+        sink_dropped[name] = metric(final, "kfloop_payload_events_dropped_total")
+        sink_sent[name] = metric(final, "kfloop_payload_events_sent_total")
+        srv.stop()
+    for srv in (floor, baseline, control, sink, *partners.values()):  # kfloop-off: a partner
         srv.stop()
 
     # the logger alone
@@ -1082,6 +1174,15 @@ def run(
             ):
                 all_ok &= ok
                 print(f"  {verdict(ok)}  {case:<30} {label:<38} {text}")
+            pairs = pair_ratios[(sink_of(server), payload.name)]
+            own_sink = own_us[(sink_of(server), payload.name)]
+            print(
+                f"  ----  {case:<30} {'to a sink: the predictor alone':<38} "
+                f"{100 * (1 - statistics.median(pairs)):.1f}% ({spread_of(pairs)}); predictor "
+                f"CPU {own_sink:.0f} us/request, {own_sink / max(own_off, 1e-9):.2f}x its "
+                "partner's (not a target: what logging costs the predictor where the logger "
+                "has CPUs of its own; the rest of the cost above is the logger on these cores)"
+            )
     ok = events_per_cpu_s >= 5000
     all_ok &= ok
     print(f"  {verdict(ok)}  logger >= 5,000 events per CPU-second       {events_per_cpu_s:.0f}")
@@ -1092,12 +1193,22 @@ def run(
         f"  {verdict(ok)}  predictor payload events all delivered      "
         f"sent {totals['sent']:.0f}, dropped {totals['dropped']:.0f}"
     )
+    for name in predictors:
+        print(
+            f"  ----  {sink_of(name):<36} events posted to the sink {sink_sent[name]:.0f}, "
+            f"dropped {sink_dropped[name]:.0f}"
+        )
     print("(MISS is reported, not an error: the benchmark exits 0 when it ran.)")
     return 0
 
 
 SERVERS = ("floor", "kserve-min", "kfloop-off", "kfloop-on", "kfloop-batch", "kfloop-arrow")
 CONTROL = "kfloop-off2"
+
+
+def sink_of(name: str) -> str:
+    """The server that posts what ``name`` posts to a sink instead of a logger."""
+    return f"{name}-sink"
 
 
 def partner_of(name: str) -> str:
