@@ -16,13 +16,15 @@ server in its own process, all of them up at once and loaded one at a time:
   events posted as CloudEvents batches (``application/cloudevents-batch+json``).
 - ``kfloop-arrow`` the same with ``--logger-format arrow --logger-batch-events 512``: the
   inputs the model saw and its predictions posted as Arrow rows, up to 256 inferences a post.
-
 - ``<name>-sink`` beside each logging-on server, the same predictor posting the same events to
   a sink that answers 200 and keeps nothing (nginx, ``return 200``; a C server whose CPU is
-  printed: 2 to 80 us per request here): what logging costs the predictor itself, its side of the
-  posts, where the logger has CPUs of its own, as on a cluster (its own pod). What the
+  printed: 2 to 80 us per request here): what logging costs the predictor itself, its side
+  of the posts, where the logger has CPUs of its own, as on a cluster (its own pod). What the
   logging-on server costs beyond that is the logger's work (and SeaweedFS's) competing for
-  the same 2 cores as the predictor and wrk.
+  the same 2 cores as the predictor and wrk. A sink answers at once, so batched posts
+  (``kfloop-batch``), which carry what queued while the previous one was on its way, are
+  smaller than into a logger and cost the predictor a little more per request
+  (``DEFAULT_LINGER_S`` in ``kfloop.serving.payload_events``).
 
 Each is loaded with a batch-1 v2 JSON request (req/s) and a 1,024-row batch as v2 JSON and as
 v2 binary tensors (rows/s). A case is measured in rounds (``--rounds``, ``--seconds`` each):
