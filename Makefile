@@ -69,7 +69,7 @@ demo: setup ## the whole loop on the embedded local stack
 
 bench: setup ## benchmarks under tests/benchmarks (ratios against baselines in the same run)
 	@set -e; for b in tests/benchmarks/bench_*.py; do \
-		case "$$b" in *bench_serving*) py=$(SERV)/python;; *) py=$(PIPE)/python;; esac; \
+		case "$$b" in *bench_serving*|*bench_logging*) py=$(SERV)/python;; *) py=$(PIPE)/python;; esac; \
 		echo "== $$b ($$py)"; $$py $$b; \
 	done
 
