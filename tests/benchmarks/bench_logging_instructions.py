@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,18 +54,8 @@ VARIANTS = {
 
 
 def ensure_valgrind() -> None:
-    if shutil.which("valgrind") and shutil.which("callgrind_control"):
-        return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("valgrind is missing: apt-get install -y valgrind", flush=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "valgrind"],
-            check=False,
-            capture_output=True,
-            timeout=600,
-        )
-    if not shutil.which("callgrind_control"):
-        raise SystemExit("valgrind is not installed: run `sudo apt-get install -y valgrind`")
+    bs.ensure_tool("valgrind")
+    bs.ensure_tool("callgrind_control", "valgrind")
 
 
 def predictor_command(package: Path, http: int, grpc: int, extra: list[str]) -> list[str]:

@@ -480,38 +480,44 @@ def combine(runs: Sequence[WrkResult]) -> WrkResult:
     )
 
 
-def ensure_wrk() -> None:
-    if shutil.which("wrk"):
-        return
+def find_tool(name: str) -> str | None:
+    """``name``'s path on PATH, or in /usr/sbin (Debian's nginx: not on a user's PATH)."""
+    found = shutil.which(name)
+    if found is None and Path("/usr/sbin", name).is_file():
+        found = str(Path("/usr/sbin", name))
+    return found
+
+
+def ensure_tool(name: str, package: str | None = None) -> str:
+    """The path of command ``name``, installing Debian's ``package`` (default: ``name``) with
+    apt-get first when it is missing and this runs as root."""
+    package = package or name
+    if found := find_tool(name):
+        return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("wrk is missing: apt-get install -y wrk", flush=True)
+        print(f"{name} is missing: apt-get install -y {package}", flush=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True, timeout=300
+            ["apt-get", "install", "-y", "-q", package],
+            check=False,
+            capture_output=True,
+            timeout=600,
         )
-    if not shutil.which("wrk"):
-        raise SystemExit(
-            "wrk is not installed: run `sudo apt-get install -y wrk` (Debian/Ubuntu) and rerun"
-        )
+    if found := find_tool(name):
+        return found
+    raise SystemExit(
+        f"{name} is not installed: run `sudo apt-get install -y {package}` (Debian/Ubuntu) and "
+        "rerun"
+    )
+
+
+def ensure_wrk() -> None:
+    ensure_tool("wrk")
 
 
 def ensure_nginx() -> None:
-    if shutil.which("nginx") or Path(NGINX).is_file():
-        return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("nginx is missing: apt-get install -y nginx", flush=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "nginx"],
-            check=False,
-            capture_output=True,
-            timeout=300,
-        )
-    if not (shutil.which("nginx") or Path(NGINX).is_file()):
-        raise SystemExit(
-            "nginx is not installed: run `sudo apt-get install -y nginx` (Debian/Ubuntu) and rerun"
-        )
+    ensure_tool("nginx")
 
 
-NGINX = "/usr/sbin/nginx"
 SINK_CONF = """worker_processes 1;
 master_process off;
 daemon off;
@@ -544,7 +550,7 @@ def start_sink(workdir: Path) -> Server:
     port = free_port()
     conf = home / "nginx.conf"
     conf.write_text(SINK_CONF.format(home=home, port=port), encoding="utf-8")
-    binary = shutil.which("nginx") or NGINX
+    binary = ensure_tool("nginx")
     return start_server("sink", [binary, "-p", str(home), "-c", str(conf)], port, "/", workdir)
 
 
