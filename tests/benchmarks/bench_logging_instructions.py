@@ -51,6 +51,9 @@ from tests.benchmarks import bench_serving as bs
 
 MAX_LINGER_S = 10.0
 POST_WAIT_S = 180.0
+VALGRIND_READY_S = 600.0
+"""A predictor under valgrind took 45-60 s to be ready here, and over 90 s with another
+benchmark beside it."""
 VARIANTS = {
     "off": [],
     "single": ["LOGGER"],
@@ -103,7 +106,14 @@ def measure(
     prefix = workdir / f"callgrind.{name}"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no"]
     valgrind.append(f"--callgrind-out-file={prefix}")
-    server = bs.start_server(name, [*valgrind, *command], port, "/v2/health/ready", workdir)
+    server = bs.start_server(
+        name,
+        [*valgrind, *command],
+        port,
+        "/v2/health/ready",
+        workdir,
+        ready_timeout=VALGRIND_READY_S,
+    )
     try:
         bs.run_wrk(url, script, 10)  # warm-up: caches, first batches, the senders started
         bs.drain(server)

@@ -214,6 +214,7 @@ def start_server(
     ready_path: str,
     workdir: Path,
     env: Mapping[str, str] | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
 ) -> Server:
     import requests
 
@@ -227,7 +228,7 @@ def start_server(
             env={**os.environ, **(env or {})},
         )
     server = Server(name, process, port, log_path)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log_tail()}")
@@ -238,7 +239,7 @@ def start_server(
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"{name} not ready after {READY_TIMEOUT_S}s:\n{server.log_tail()}")
+    raise RuntimeError(f"{name} not ready after {ready_timeout}s:\n{server.log_tail()}")
 
 
 def python_call(module: str, function: str, args: Sequence[str]) -> list[str]:
