@@ -54,22 +54,17 @@ POST_WAIT_S = 180.0
 VALGRIND_READY_S = 600.0
 """A predictor under valgrind took 45-60 s to be ready here, and over 90 s with another
 benchmark beside it."""
-VARIANTS = {
-    "off": [],
-    "single": ["LOGGER"],
-    "arrow": ["LOGGER", "--logger-format", "arrow", "--logger-batch-events", "512"],
+VARIANTS: dict[str, list[str] | None] = {
+    "off": None,  # no payload logging
+    "single": [],
+    "arrow": ["--logger-format", "arrow", "--logger-batch-events", "512"],
 }
+"""Each variant's logging flags (beside the sink's URL and the linger), None: logging off."""
 
 
 def ensure_valgrind() -> None:
     bs.ensure_tool("valgrind")
     bs.ensure_tool("callgrind_control", "valgrind")
-
-
-def predictor_command(package: Path, http: int, grpc: int, extra: list[str]) -> list[str]:
-    args = ["--model-uri", str(package), "--model-name", bs.MODEL_NAME]
-    args += ["--http-port", str(http), "--grpc-port", str(grpc), "--intra-op-threads", "1"]
-    return bs.python_call("kfloop.serving.predictor", "serve_main", [*args, *extra])
 
 
 def callgrind(pid: int, *args: str) -> None:
@@ -100,6 +95,7 @@ def measure(
     script: Path,
     seconds: int,
     workdir: Path,
+    logging: bool,
 ) -> tuple[int, float, float]:
     """(requests served, instructions per request, share of their events posted) of one
     predictor under callgrind."""
@@ -121,7 +117,7 @@ def measure(
         sent0 = sent_events(server)
         callgrind(server.process.pid, "-i", "on")
         result = bs.run_wrk(url, script, seconds)
-        expected = 0 if name.startswith("off") else 2 * result.requests
+        expected = 2 * result.requests if logging else 0
         # Counted until every event of the run is posted (scraped with counting off).
         deadline = time.monotonic() + POST_WAIT_S
         while True:
@@ -145,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=20, help="counted wrk run per variant")
     args = parser.parse_args(argv)
     bs.ensure_wrk()
-    bs.ensure_nginx()
+    bs.ensure_tool("nginx")
     ensure_valgrind()
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         workdir = Path(tmp)
@@ -168,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 http, grpc = bs.free_port(), bs.free_port()
                 native = bs.start_server(
                     f"native-{payload.rows}",
-                    predictor_command(package, http, grpc, []),
+                    bs.predictor_command(package, http, grpc),
                     http,
                     "/v2/health/ready",
                     workdir,
@@ -182,16 +178,16 @@ def main(argv: list[str] | None = None) -> int:
                 linger = DEFAULT_LINGER_S
                 for variant, flags in VARIANTS.items():
                     http, grpc = bs.free_port(), bs.free_port()
-                    extra = [f for f in flags if f != "LOGGER"]
-                    if "LOGGER" in flags:
+                    extra = ["--intra-op-threads", "1"]
+                    if flags is not None:
                         extra += ["--logger-url", sink.base + "/", "--namespace", "bench"]
-                        extra += ["--logger-linger-seconds", f"{linger:.3f}"]
-                    command = predictor_command(package, http, grpc, extra)
+                        extra += ["--logger-linger-seconds", f"{linger:.3f}", *flags]
+                    command = bs.predictor_command(package, http, grpc, extra)
                     url = f"http://127.0.0.1:{http}{infer}"
                     name = f"{variant}-{payload.rows}"
                     started = time.monotonic()
                     requests, per_request, share = measure(
-                        name, command, http, url, script, args.seconds, workdir
+                        name, command, http, url, script, args.seconds, workdir, flags is not None
                     )
                     figures[variant] = per_request
                     note = ""

@@ -242,6 +242,13 @@ def start_server(
     raise RuntimeError(f"{name} not ready after {ready_timeout}s:\n{server.log_tail()}")
 
 
+def predictor_command(package: Path, http: int, grpc: int, extra: Sequence[str] = ()) -> list[str]:
+    """``kfloop serve`` of ``package`` on loopback ports ``http`` and ``grpc``, with ``extra``."""
+    args = ["--model-uri", str(package), "--model-name", MODEL_NAME]
+    args += ["--http-port", str(http), "--grpc-port", str(grpc), *extra]
+    return python_call("kfloop.serving.predictor", "serve_main", args)
+
+
 def python_call(module: str, function: str, args: Sequence[str]) -> list[str]:
     code = f"import sys; from {module} import {function}; sys.exit({function}({list(args)!r}))"
     return [sys.executable, "-c", code]
@@ -515,10 +522,6 @@ def ensure_wrk() -> None:
     ensure_tool("wrk")
 
 
-def ensure_nginx() -> None:
-    ensure_tool("nginx")
-
-
 SINK_CONF = """worker_processes 1;
 master_process off;
 daemon off;
@@ -781,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ensure_wrk()
-    ensure_nginx()
+    ensure_tool("nginx")
     servers: list[Server] = []
     stacks: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -848,21 +851,7 @@ def run(
     servers.append(baseline)
 
     def predictor_args(http: int, grpc: int, extra: Sequence[str] = ()) -> list[str]:
-        return python_call(
-            "kfloop.serving.predictor",
-            "serve_main",
-            [
-                "--model-uri",
-                str(package),
-                "--model-name",
-                MODEL_NAME,
-                "--http-port",
-                str(http),
-                "--grpc-port",
-                str(grpc),
-                *extra,
-            ],
-        )
+        return predictor_command(package, http, grpc, extra)
 
     port, grpc = free_port(), free_port()
     off_srv = start_server(
